@@ -1,0 +1,1 @@
+"""Calibration frames, FP16 / INT8 (Q/DQ) model variants and accuracy reports."""

@@ -1,0 +1,59 @@
+"""The Typer application and the edge where user errors become one line and exit 1."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from milesdeep.errors import MilesDeepError
+
+app = typer.Typer(
+    name="miles-deep",
+    help="Classify every second of a video with a CNN, then cut it by class without "
+    "re-encoding.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Progress and summaries go to stderr so stdout stays clean for scripts.
+console = Console(stderr=True, highlight=False)
+
+
+def fail(message: str) -> None:
+    """Report a user error as one line and exit 1."""
+    console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    debug = bool(os.environ.get("MILESDEEP_DEBUG"))
+    try:
+        app(args=argv, standalone_mode=False)
+    except MilesDeepError as e:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {e}", soft_wrap=True, markup=True)
+        return 1
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        return 130
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except Exception as e:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            console.print("[bold red]aborted[/]")
+            return 1
+        if isinstance(e, click.ClickException):
+            e.show(file=sys.stderr)
+            return e.exit_code
+        raise
+    return 0

@@ -1,0 +1,1 @@
+"""Decoding and sampling, preprocessing, the runner, cut planning and outputs."""

@@ -1,0 +1,1 @@
+"""Building, caching, validating and running TensorRT engines (imports TensorRT lazily)."""
