@@ -14,6 +14,10 @@ from pathlib import Path
 
 from milesdeep.errors import MilesDeepError
 
+# mkstemp creates files readable by the owner only; outputs get the usual umask-based mode.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def check_writable_dir(directory: Path) -> None:
     if not directory.is_dir():
@@ -42,6 +46,7 @@ def atomic_path(final: Path, overwrite: bool = True) -> Iterator[Path]:
                                dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
         os.replace(tmp_path, final)

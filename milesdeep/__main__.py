@@ -1,0 +1,3 @@
+from milesdeep.cli import main
+
+main()

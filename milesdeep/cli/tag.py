@@ -1,0 +1,100 @@
+"""`miles-deep tag`: per-second class probabilities and Miles Deep's .tag cut list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from milesdeep.cli import options as o
+from milesdeep.cli.app import app, console
+from milesdeep.errors import MilesDeepError
+from milesdeep.jobs import TagResult, tag_from_predictions, tag_video
+from milesdeep.pipeline.planner import PlanParams
+from milesdeep.pipeline.run import RunOptions
+
+
+def summary_table(result: TagResult) -> Table:
+    table = Table(title=result.name, title_justify="left", show_edge=False)
+    table.add_column("label")
+    table.add_column("seconds in cuts", justify="right")
+    table.add_column("cuts", justify="right")
+    counts: dict[str, int] = {}
+    for c in result.cuts:
+        counts[c.label] = counts.get(c.label, 0) + 1
+    for label, seconds in result.seconds_per_label().items():
+        table.add_row(label, f"{seconds / result.predictions.rate:,.0f}",
+                      str(counts.get(label, 0)))
+    return table
+
+
+def check_sampling(sampling: str) -> str:
+    allowed = ("exact", "keyframes")
+    if sampling not in allowed:
+        raise MilesDeepError(f"--sampling {sampling!r} is not one of: {', '.join(allowed)}")
+    return sampling
+
+
+@app.command()
+def tag(
+    videos: Annotated[list[Path] | None, typer.Argument(help="Video file(s)")] = None,
+    model: o.ModelOpt = None,
+    prototxt: o.ProtoOpt = None,
+    weights: o.WeightsOpt = None,
+    mean: o.MeanOpt = None,
+    labels: o.LabelsOpt = None,
+    batch: o.BatchOpt = 32,
+    output_dir: o.OutDirOpt = None,
+    sampling: o.SamplingOpt = "exact",
+    rate: o.RateOpt = 1.0,
+    min_cut: o.MinCutOpt = 4,
+    max_gap: o.MaxGapOpt = 2,
+    min_score: o.MinScoreOpt = 0.5,
+    min_coverage: o.MinCovOpt = 0.4,
+    plot: Annotated[bool, typer.Option("--plot", help="Also write <stem>.timeline.png")] = False,
+    from_predictions: Annotated[
+        Path | None,
+        typer.Option("--from-predictions", help="Re-plan from a saved predictions CSV "
+                     "(no video, no network)"),
+    ] = None,
+) -> None:
+    """Classify every second of VIDEO and write <stem>.tag and <stem>.predictions.csv."""
+    params = PlanParams(min_cut, max_gap, min_score, min_coverage)
+    if from_predictions is not None:
+        if videos:
+            raise MilesDeepError("give either videos or --from-predictions, not both")
+        result = tag_from_predictions(from_predictions, params=params, out_dir=output_dir,
+                                      plot=plot)
+        console.print(summary_table(result))
+        for path in result.outputs:
+            console.print(f"wrote {path}")
+        return
+    if not videos:
+        raise MilesDeepError("no video given: miles-deep tag VIDEO [VIDEO...]")
+    options = RunOptions(rate=rate, sampling=check_sampling(sampling), batch=batch)  # type: ignore[arg-type]
+    bundle = o.resolve_model_options(model, prototxt, weights, mean, labels)
+    from milesdeep.cli.progress import video_progress
+    from milesdeep.pipeline.decode import probe
+    from milesdeep.pipeline.infer import OrtClassifier
+
+    classifier = OrtClassifier(bundle)
+    failed = 0
+    for video in videos:
+        try:
+            info = probe(video)
+            with video_progress(console, video.name, info.duration) as progress:
+                result = tag_video(video, bundle, classifier, options=options, params=params,
+                                   out_dir=output_dir, plot=plot, progress=progress)
+        except MilesDeepError as e:
+            if len(videos) == 1:
+                raise
+            failed += 1
+            console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            continue
+        console.print(summary_table(result))
+        for path in result.outputs:
+            console.print(f"wrote {path}")
+    if failed:
+        raise typer.Exit(1)

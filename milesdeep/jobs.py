@@ -1,0 +1,90 @@
+"""Whole jobs as library calls: what `miles-deep tag` does for one video, callable from Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from milesdeep.errors import MilesDeepError
+from milesdeep.models.bundle import ModelBundle
+from milesdeep.pipeline.infer import Classifier
+from milesdeep.pipeline.planner import Cut, PlanParams, plan_all_labels, seconds_per_label
+from milesdeep.pipeline.predictions import (
+    Predictions,
+    read_predictions_csv,
+    write_predictions_csv,
+)
+from milesdeep.pipeline.run import Progress, RunOptions, StageTimes, classify_video
+from milesdeep.pipeline.tagfile import write_tag
+
+PREDICTIONS_SUFFIX = ".predictions.csv"
+
+
+@dataclass
+class TagResult:
+    name: str
+    predictions: Predictions
+    cuts: list[Cut]
+    outputs: list[Path] = field(default_factory=list)
+    times: StageTimes = field(default_factory=StageTimes)
+
+    def seconds_per_label(self) -> dict[str, int]:
+        return dict(zip(self.predictions.labels,
+                        seconds_per_label(self.cuts, self.predictions.labels)))
+
+
+def output_stem(video: Path, out_dir: Path | None) -> Path:
+    """`<out_dir or the video's directory>/<stem>`: outputs append their own suffixes."""
+    return (out_dir if out_dir is not None else video.parent) / video.stem
+
+
+def stem_of_predictions(path: Path) -> str:
+    name = path.name
+    return name[: -len(PREDICTIONS_SUFFIX)] if name.endswith(PREDICTIONS_SUFFIX) else path.stem
+
+
+def write_tag_outputs(stem: Path, movie_name: str, preds: Predictions, params: PlanParams,
+                      plot: bool, write_predictions: bool = True) -> tuple[list[Cut], list[Path]]:
+    """Plan every label from `preds` and write <stem>.tag (+ predictions CSV, + plot PNG)."""
+    cuts = plan_all_labels(preds.probs, preds.labels, params.for_rate(preds.rate))
+    outputs: list[Path] = []
+    if write_predictions:
+        outputs.append(write_predictions_csv(stem.with_name(stem.name + PREDICTIONS_SUFFIX),
+                                             preds))
+    total = int(round(preds.duration)) if preds.duration > 0 else int(len(preds.times) /
+                                                                      preds.rate)
+    outputs.append(write_tag(stem.with_name(stem.name + ".tag"), movie_name, preds.labels,
+                             seconds_per_label(cuts, preds.labels), total, cuts))
+    if plot:
+        from milesdeep.pipeline.plot import plot_timeline
+
+        outputs.append(plot_timeline(stem.with_name(stem.name + ".timeline.png"), preds, cuts,
+                                     title=movie_name))
+    return cuts, outputs
+
+
+def tag_video(video: Path, bundle: ModelBundle, classifier: Classifier, *,
+              options: RunOptions | None = None, params: PlanParams | None = None,
+              out_dir: Path | None = None, plot: bool = False,
+              progress: Progress | None = None) -> TagResult:
+    """Classify every sample of `video` and write its .tag and predictions files."""
+    video = Path(video)
+    times = StageTimes()
+    preds = classify_video(video, bundle, classifier, options, progress, times)
+    cuts, outputs = write_tag_outputs(output_stem(video, out_dir), video.name, preds,
+                                      params or PlanParams(), plot)
+    return TagResult(video.name, preds, cuts, outputs, times)
+
+
+def tag_from_predictions(csv: Path, *, params: PlanParams | None = None,
+                         out_dir: Path | None = None, plot: bool = False) -> TagResult:
+    """Re-plan from a saved predictions file, without the network."""
+    csv = Path(csv)
+    if not csv.is_file():
+        raise MilesDeepError("no such predictions file", csv)
+    preds = read_predictions_csv(csv)
+    name = stem_of_predictions(csv)
+    stem = (out_dir if out_dir is not None else csv.parent) / name
+    cuts, outputs = write_tag_outputs(stem, name, preds, params or PlanParams(), plot,
+                                      write_predictions=False)
+    return TagResult(name, preds, cuts, outputs)

@@ -1,0 +1,286 @@
+"""Decoding and sampling on the CPU with PyAV (FFmpeg's libraries).
+
+Sampling rule, shared with the NVDEC twin: sample i stands for time t_i = i / rate after the
+video stream's start, for every i with t_i < duration, and is the picture on screen at t_i,
+i.e. the last frame (in presentation order) whose timestamp is <= t_i; before the first frame,
+the first frame. Timestamps are used throughout, never frame counts, so variable frame rate
+just works.
+
+Modes:
+- `exact`: decode every frame, keep the one on screen at each sample time.
+- `keyframes`: decode keyframes only (the decoder skips the rest); each keyframe is held for
+  every sample time until the next keyframe (`Sample.hold`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from milesdeep.errors import MilesDeepError
+from milesdeep.pipeline.frames import Colour, Frame, Sample
+
+SamplingMode = Literal["exact", "keyframes"]
+
+# FFmpeg's AVColorSpace values we map; anything else is treated as unspecified.
+_BT709 = {1}
+_BT601 = {5, 6}
+
+
+@dataclass
+class VideoInfo:
+    path: Path
+    width: int
+    height: int
+    duration: float  # seconds, as reported by the container (0 if unknown)
+    codec: str
+    fps: float
+    rotation: int  # clockwise degrees to display upright
+    start: float  # the stream's start time in seconds (sample times are relative to it)
+    has_audio: bool
+    keyframe_times: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DecodeStats:
+    frames_decoded: int = 0
+    decode_errors: int = 0
+    end_time: float = 0.0  # last frame's end, relative to the stream start
+
+
+def sample_count(duration: float, rate: float) -> int:
+    """Number of samples for a video of `duration` seconds: every i with i / rate < duration."""
+    if duration <= 0:
+        return 0
+    return max(1, math.ceil(duration * rate - 1e-6))
+
+
+def open_video(path: Path):  # -> av.container.InputContainer
+    import av
+
+    path = Path(path)
+    if not path.exists():
+        raise MilesDeepError("no such file", path)
+    if path.is_dir():
+        raise MilesDeepError("is a directory, not a video", path)
+    try:
+        if path.stat().st_size == 0:
+            raise MilesDeepError("the file is empty (0 bytes)", path)
+        container = av.open(str(path), mode="r", metadata_errors="ignore")
+    except MilesDeepError:
+        raise
+    except PermissionError:
+        raise MilesDeepError("cannot read the file: permission denied", path) from None
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise MilesDeepError(
+            f"not a video FFmpeg can read ({getattr(e, 'strerror', None) or type(e).__name__})",
+            path,
+        ) from None
+    if not container.streams.video:
+        container.close()
+        raise MilesDeepError("has no video stream (audio only?)", path)
+    return container
+
+
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    if value is None or time_base is None:
+        return None
+    return float(value * time_base)
+
+
+def probe(path: Path) -> VideoInfo:
+    """Open the video, read its stream information, and close it."""
+    container = open_video(path)
+    try:
+        return _info(Path(path), container)
+    finally:
+        container.close()
+
+
+def _info(path: Path, container) -> VideoInfo:
+    vs = container.streams.video[0]
+    cc = vs.codec_context
+    start = _seconds(vs.start_time, vs.time_base) or 0.0
+    duration = _seconds(vs.duration, vs.time_base)
+    if not duration and container.duration:
+        duration = container.duration / 1_000_000 - max(
+            0.0, start - (container.start_time or 0) / 1_000_000
+        )
+    rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+    rotation = 0
+    try:
+        dm = vs.metadata.get("rotate")
+        if dm is not None:
+            rotation = int(dm) % 360
+    except (TypeError, ValueError):
+        rotation = 0
+    return VideoInfo(
+        path=path,
+        width=int(cc.width),
+        height=int(cc.height),
+        duration=float(duration or 0.0),
+        codec=cc.name,
+        fps=float(rate) if rate else 0.0,
+        rotation=rotation,
+        start=start,
+        has_audio=bool(container.streams.audio),
+    )
+
+
+def _colour(frame) -> Colour:
+    cs = int(frame.colorspace or 2)
+    if cs in _BT709:
+        matrix = "bt709"
+    elif cs in _BT601:
+        matrix = "bt601"
+    else:  # unspecified: what players assume
+        matrix = "bt709" if frame.height >= 720 else "bt601"
+    full = int(frame.color_range or 0) == 2 or frame.format.name.startswith("yuvj")
+    return Colour(matrix=matrix, full_range=full)  # type: ignore[arg-type]
+
+
+def _plane(frame, i: int, h: int, w: int, dtype: type, channels: int = 1) -> np.ndarray:
+    p = frame.planes[i]
+    itemsize = np.dtype(dtype).itemsize
+    a = np.frombuffer(p, dtype=dtype).reshape(-1, p.line_size // itemsize)[:h]
+    return a[:, : w * channels]
+
+
+_NATIVE8 = {"yuv420p", "yuvj420p", "nv12"}
+_NATIVE16 = {"yuv420p10le": 6, "yuv420p12le": 4, "p010le": 0, "p016le": 0}
+
+
+def frame_from_av(frame) -> Frame:
+    """An av.VideoFrame as an NV12 (or P016) `Frame`, converting other pixel formats with
+    swscale (4:2:2, 4:4:4, RGB, gray and friends become 4:2:0)."""
+    colour = _colour(frame)
+    rotation = (-int(frame.rotation or 0)) % 360
+    fmt = frame.format.name
+    if fmt not in _NATIVE8 and fmt not in _NATIVE16:
+        deep = any(c.bits > 8 for c in frame.format.components)
+        frame = frame.reformat(format="p010le" if deep else "yuv420p")
+        fmt = frame.format.name
+    w, h = frame.width, frame.height
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    if fmt in _NATIVE8:
+        y = _plane(frame, 0, h, w, np.uint8).copy()
+        if fmt == "nv12":
+            uv = _plane(frame, 1, ch, cw, np.uint8, 2).reshape(ch, cw, 2).copy()
+        else:
+            uv = np.stack([_plane(frame, 1, ch, cw, np.uint8),
+                           _plane(frame, 2, ch, cw, np.uint8)], axis=-1)
+    else:
+        shift = _NATIVE16[fmt]  # P016 convention: the value sits in the high bits
+        y = _plane(frame, 0, h, w, np.uint16) << shift
+        if fmt.startswith("p01"):
+            uv = (_plane(frame, 1, ch, cw, np.uint16, 2).reshape(ch, cw, 2) << shift).copy()
+        else:
+            uv = np.stack([_plane(frame, 1, ch, cw, np.uint16),
+                           _plane(frame, 2, ch, cw, np.uint16)], axis=-1) << shift
+        y = np.ascontiguousarray(y)
+    return Frame(y=y, uv=uv, colour=colour, rotation=rotation)
+
+
+class PyAVSource:
+    """Yields `Sample`s of one video, decoding on FFmpeg's own threads."""
+
+    def __init__(self, path: Path, rate: float = 1.0, mode: SamplingMode = "exact",
+                 threads: int = 0) -> None:
+        if rate <= 0:
+            raise MilesDeepError("--rate must be positive")
+        if mode not in ("exact", "keyframes"):
+            raise MilesDeepError(f"unknown sampling mode {mode!r}: use exact or keyframes")
+        self.path = Path(path)
+        self.rate = rate
+        self.mode = mode
+        self.threads = threads
+        self.info = probe(self.path)
+        self.stats = DecodeStats()
+
+    @property
+    def expected_samples(self) -> int:
+        return sample_count(self.info.duration, self.rate)
+
+    def _frames(self, container) -> Iterator:
+        """Decoded frames in presentation order; corrupt packets are skipped and counted."""
+        import av
+
+        vs = container.streams.video[0]
+        cc = vs.codec_context
+        cc.thread_type = "AUTO"
+        cc.thread_count = self.threads
+        if self.mode == "keyframes":
+            cc.skip_frame = "NONKEY"
+        try:
+            for packet in container.demux(vs):
+                try:
+                    frames = packet.decode()
+                except av.error.EOFError:
+                    break
+                except (av.error.InvalidDataError, ValueError, av.error.FFmpegError):
+                    self.stats.decode_errors += 1
+                    continue
+                for f in frames:
+                    if f.pts is None or (self.mode == "keyframes" and not f.key_frame):
+                        continue
+                    self.stats.frames_decoded += 1
+                    yield f
+        except av.error.FFmpegError:
+            # A truncated or damaged tail ends demuxing; what was decoded stands.
+            self.stats.decode_errors += 1
+
+    def __iter__(self) -> Iterator[Sample]:
+        container = open_video(self.path)
+        try:
+            yield from self._samples(container)
+        finally:
+            container.close()
+
+    def _samples(self, container) -> Iterator[Sample]:
+        vs = container.streams.video[0]
+        tb = vs.time_base
+        start = self.info.start
+        rate = self.rate
+        duration = self.info.duration
+        i = 0
+        prev = None  # (frame, pts_seconds) on screen so far
+        last_end = 0.0
+        for f in self._frames(container):
+            t = float(f.pts * tb) - start
+            if prev is not None and t <= prev[1]:
+                continue  # out-of-order or duplicate timestamp: keep the first
+            dur = float(f.duration * tb) if f.duration else (1.0 / self.info.fps
+                                                              if self.info.fps else 0.0)
+            last_end = max(last_end, t + dur)
+            # Slots before this frame's time belong to the previous frame (or, at the very
+            # start, to this one).
+            first = i
+            while i / rate < t - 1e-9 and (duration <= 0 or i / rate < duration - 1e-9):
+                i += 1
+            if i > first:
+                holder = prev if prev is not None else (f, t)
+                yield from self._emit(holder, first, i)
+            prev = (f, t)
+        self.stats.end_time = last_end
+        if prev is None:
+            raise MilesDeepError("no picture could be decoded from the video stream", self.path)
+        end = duration if duration > 0 else last_end
+        n = sample_count(end, rate)
+        if i < n:
+            yield from self._emit(prev, i, n)
+
+    def _emit(self, holder, first: int, stop: int) -> Iterator[Sample]:
+        frame, pts = holder
+        converted = frame_from_av(frame)
+        if self.mode == "keyframes":
+            yield Sample(index=first, time=first / self.rate, pts=pts, frame=converted,
+                         hold=stop - first)
+            return
+        for k in range(first, stop):
+            yield Sample(index=k, time=k / self.rate, pts=pts, frame=converted)

@@ -1,0 +1,179 @@
+"""The runner: source -> frames -> tensors -> scores, in batches, with decoding overlapping
+inference and bounded queues so memory does not grow with the length of the video."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from milesdeep.errors import MilesDeepError
+from milesdeep.models.bundle import ModelBundle
+from milesdeep.pipeline.decode import PyAVSource, SamplingMode
+from milesdeep.pipeline.frames import Sample
+from milesdeep.pipeline.infer import Classifier
+from milesdeep.pipeline.predictions import Predictions
+
+Progress = Callable[[float, float], None]  # (seconds of video done, seconds in all)
+
+
+@dataclass
+class RunOptions:
+    rate: float = 1.0
+    sampling: SamplingMode = "exact"
+    batch: int = 32
+    decode_threads: int = 0  # 0: FFmpeg chooses
+
+
+@dataclass
+class StageTimes:
+    """Wall-clock seconds spent in each stage (stages overlap, so they need not add up)."""
+
+    decode: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    total: float = 0.0
+    samples: int = 0
+    frames_decoded: int = 0
+    decode_errors: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+_DONE = object()
+
+
+def _threaded(it: Iterable, maxsize: int, times: StageTimes) -> Iterator:
+    """Run an iterator on a worker thread behind a bounded queue; re-raise its errors here."""
+    q: queue.Queue = queue.Queue(maxsize=maxsize)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            t0 = time.perf_counter()
+            for item in it:
+                t1 = time.perf_counter()
+                times.decode += t1 - t0
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+                t0 = time.perf_counter()
+            q.put(_DONE)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put(e)
+
+    worker = threading.Thread(target=work, name="milesdeep-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def classify_samples(
+    samples: Iterable[Sample],
+    bundle: ModelBundle,
+    classifier: Classifier,
+    batch: int,
+    times: StageTimes,
+    on_batch: Callable[[list[Sample], np.ndarray], None],
+    preprocess_into: Callable[[Sample, np.ndarray], None] | None = None,
+) -> None:
+    """Preprocess samples into a reused batch buffer and classify each full batch."""
+    from milesdeep.pipeline.preprocess import preprocess_frame
+
+    if batch < 1:
+        raise MilesDeepError("the batch size (-b) must be at least 1")
+    if preprocess_into is None:
+        def preprocess_into(s: Sample, out: np.ndarray) -> None:
+            preprocess_frame(s.frame, bundle.input, out=out)
+
+    buf = np.empty((batch, *bundle.input.shape), dtype=np.float32)
+    pending: list[Sample] = []
+
+    def flush() -> None:
+        t0 = time.perf_counter()
+        probs = classifier.infer(buf[: len(pending)])
+        times.inference += time.perf_counter() - t0
+        on_batch(list(pending), probs)
+        pending.clear()
+
+    for s in samples:
+        t0 = time.perf_counter()
+        preprocess_into(s, buf[len(pending)])
+        times.preprocess += time.perf_counter() - t0
+        s.frame = None  # type: ignore[assignment]  # the pixels are in the batch now
+        pending.append(s)
+        times.samples += 1
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+
+
+def classify_video(
+    path: Path,
+    bundle: ModelBundle,
+    classifier: Classifier,
+    options: RunOptions | None = None,
+    progress: Progress | None = None,
+    times: StageTimes | None = None,
+) -> Predictions:
+    """Classify every sample of one video on the CPU path; returns per-sample probabilities."""
+    options = options or RunOptions()
+    times = times if times is not None else StageTimes()
+    start = time.perf_counter()
+    source = PyAVSource(Path(path), rate=options.rate, mode=options.sampling,
+                        threads=options.decode_threads)
+    duration = source.info.duration
+    n_expected = source.expected_samples
+    rows: list[np.ndarray] = []
+    slots: list[tuple[int, int]] = []
+
+    def on_batch(batch: list[Sample], probs: np.ndarray) -> None:
+        for s, p in zip(batch, probs):
+            slots.append((s.index, s.hold))
+            rows.append(p)
+        if progress is not None:
+            last = batch[-1]
+            progress(min((last.index + last.hold) / options.rate, duration or 1e9), duration)
+
+    classify_samples(_threaded(source, 2 * options.batch, times), bundle, classifier,
+                     options.batch, times, on_batch)
+    times.frames_decoded = source.stats.frames_decoded
+    times.decode_errors = source.stats.decode_errors
+    if not rows:
+        raise MilesDeepError("no samples could be taken from the video", path)
+    # Expand held samples (keyframe sampling) to one row per sample slot.
+    n = max(n_expected, slots[-1][0] + slots[-1][1])
+    probs = np.empty((n, len(bundle.labels)), dtype=np.float32)
+    covered = 0
+    for (index, hold), p in zip(slots, rows):
+        probs[index: index + hold] = p
+        covered += hold
+    if covered != n:  # a source must cover every sample slot exactly once
+        raise RuntimeError(f"sampling covered {covered} of {n} sample slots")
+    times.total += time.perf_counter() - start
+    return Predictions(
+        labels=tuple(bundle.labels),
+        times=np.arange(n, dtype=np.float64) / options.rate,
+        probs=probs,
+        rate=options.rate,
+        duration=duration if duration > 0 else source.stats.end_time,
+    )
