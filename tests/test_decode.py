@@ -1,0 +1,128 @@
+"""Sampling on the CPU: which picture each sample time gets, from real encoded videos."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from milesdeep.errors import MilesDeepError
+from milesdeep.pipeline.decode import PyAVSource, probe, sample_count
+from tests.testdata import encode_frames, solid
+
+# Variable frame rate: irregular gaps, and each frame a distinct grey level.
+VFR_PTS = [0, 100, 150, 700, 1000, 1900, 2050, 2990, 3000, 3500]
+LEVELS = [16 + 20 * k for k in range(len(VFR_PTS))]
+
+
+@pytest.fixture(scope="module")
+def vfr_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mp4"
+    frames = [solid((v, v, v)) for v in LEVELS]
+    return encode_frames(path, frames, VFR_PTS, gop=3)
+
+
+def expected_frame(t: float) -> int:
+    """Index of the frame on screen at t seconds (the last with pts <= t)."""
+    ms = t * 1000
+    return max(k for k, p in enumerate(VFR_PTS) if p <= ms + 1e-6)
+
+
+@pytest.mark.parametrize("rate", [1.0, 2.0, 3.0])
+def test_exact_sampling_follows_timestamps_on_vfr(vfr_video: Path, rate: float) -> None:
+    src = PyAVSource(vfr_video, rate=rate)
+    samples = list(src)
+    assert len(samples) == sample_count(src.info.duration, rate)
+    assert src.info.duration >= 3.5
+    for s in samples:
+        k = expected_frame(s.index / rate)
+        assert s.time == pytest.approx(s.index / rate)
+        assert s.pts == pytest.approx(VFR_PTS[k] / 1000, abs=1e-3)
+        # The pixels are that frame's: limited-range luma of grey v is 16 + v * 219 / 255.
+        want_y = 16 + LEVELS[k] * 219 / 255
+        assert float(s.frame.y.mean()) == pytest.approx(want_y, abs=2.5)
+    assert [s.index for s in samples] == list(range(len(samples)))
+
+
+def test_keyframes_sampling_holds_each_keyframe(tmp_path: Path) -> None:
+    # 10 fps CFR, a keyframe every 12 frames (1.2 s), 5 s long.
+    n = 50
+    frames = [solid((v % 256,) * 3) for v in range(0, 5 * n, 5)]
+    path = encode_frames(tmp_path / "gop.mp4", frames, [k * 100 for k in range(n)], gop=12)
+    src = PyAVSource(path, rate=1.0, mode="keyframes")
+    samples = list(src)
+    key_times = [s.pts for s in samples]
+    # Keyframes at 0, 1.2, 2.4, 3.6 and 4.8 s; the one at 4.8 s is on screen at no sample time.
+    assert key_times == pytest.approx([0.0, 1.2, 2.4, 3.6])
+    # Each keyframe covers the sample times from its own up to the next keyframe's.
+    covered = [(s.index, s.hold) for s in samples]
+    assert covered == [(0, 2), (2, 1), (3, 1), (4, 1)]
+    assert sum(h for _, h in covered) == sample_count(src.info.duration, 1.0) == 5
+    for s in samples:
+        for i in range(s.index, s.index + s.hold):
+            assert s.pts <= i + 1e-6  # never a picture from the future
+    assert src.stats.frames_decoded == 5  # the decoder skipped every other frame
+
+
+def test_rotation_and_ten_bit(tmp_path: Path) -> None:
+    img = solid((200, 200, 200), 32, 48)
+    path = encode_frames(tmp_path / "rot10.mp4", [img] * 5, [0, 100, 200, 300, 400],
+                         pix_fmt="yuv420p10le", rotation=90)
+    s = next(iter(PyAVSource(path)))
+    assert s.frame.rotation == 270  # 90 degrees counter-clockwise = 270 clockwise
+    assert s.frame.y.dtype == np.uint16 and s.frame.uv.dtype == np.uint16
+    assert s.frame.y.shape == (32, 48) and s.frame.uv.shape == (16, 24, 2)
+    # P016 convention: 10-bit value in the high bits; /256 gives 8-bit units.
+    assert float(s.frame.y.mean()) / 256 == pytest.approx(16 + 200 * 219 / 255, abs=2.5)
+
+
+def test_odd_dimensions_give_rounded_up_chroma(tmp_path: Path) -> None:
+    img = solid((10, 120, 240), 35, 41)
+    path = encode_frames(tmp_path / "odd.mkv", [img] * 3, [0, 100, 200],
+                         codec="ffv1", pix_fmt="yuv420p")
+    s = next(iter(PyAVSource(path)))
+    assert s.frame.y.shape == (35, 41) and s.frame.uv.shape == (18, 21, 2)
+
+
+def test_short_video_gives_one_sample(tmp_path: Path) -> None:
+    path = encode_frames(tmp_path / "short.mp4", [solid((9, 9, 9))] * 4, [0, 100, 200, 300])
+    samples = list(PyAVSource(path))
+    assert len(samples) == 1 and samples[0].pts == 0.0
+
+
+def _audio_only(path: Path) -> Path:
+    import av
+
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("aac", rate=48000)
+        st.layout = "mono"
+        for k in range(0, 48000, 1024):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                           layout="mono")
+            f.sample_rate, f.pts, f.time_base = 48000, k, Fraction(1, 48000)
+            for p in st.encode(f):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "no such file"),
+    ("empty", "empty"),
+    ("garbage", "not a video"),
+    ("audio", "no video stream"),
+])
+def test_bad_inputs_are_user_errors(tmp_path: Path, kind: str, message: str) -> None:
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "audio":
+        _audio_only(path)
+    with pytest.raises(MilesDeepError, match=message) as e:
+        probe(path)
+    assert str(path) in str(e.value)
