@@ -1,0 +1,157 @@
+"""Per-sample class probabilities, and their CSV file.
+
+The CSV has the header `time,<label_1>,...,<label_n>` and one row per sample: the sample's
+time in seconds (`%.6f`) and each probability with 9 significant digits, which is enough to
+give back the exact float32 — so planning from a predictions file gives the same cuts as
+planning from the run that wrote it.
+
+`PredictionsWriter` appends batch by batch to a temporary file beside the destination and
+renames it into place only when closed without error, so a long video's rows are never all
+held in memory and an interrupted run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import numpy as np
+
+from milesdeep.errors import MilesDeepError
+from milesdeep.pipeline.atomic import atomic_path
+
+TIME_FORMAT = "%.6f"
+PROB_FORMAT = "%.9g"
+
+
+@dataclass
+class Predictions:
+    """Sample i is the picture at times[i]; probs[i] its class probabilities.
+
+    `rate` is samples per second; `duration` the video's length in seconds."""
+
+    labels: tuple[str, ...]
+    times: np.ndarray  # (N,) float64 seconds
+    probs: np.ndarray  # (N, C) float32
+    rate: float
+    duration: float
+
+    def __post_init__(self) -> None:
+        self.labels = tuple(self.labels)
+        self.times = np.asarray(self.times, dtype=np.float64).reshape(-1)
+        self.probs = np.asarray(self.probs, dtype=np.float32).reshape(len(self.times),
+                                                                      len(self.labels))
+
+
+def _check_labels(labels: Sequence[str]) -> None:
+    if not labels:
+        raise ValueError("predictions need at least one label")
+    for name in labels:
+        if not name or any(ch in name for ch in ',"\r\n') or name == "time":
+            raise MilesDeepError(f"label {name!r} cannot be a predictions CSV column (empty, "
+                                 "'time', or holds a comma, quote or line break); rename it")
+    if len(set(labels)) != len(labels):
+        raise MilesDeepError("labels must be distinct to be CSV columns: " + ", ".join(labels))
+
+
+class PredictionsWriter:
+    """Context manager: `with PredictionsWriter(path, labels) as w: w.write(times, probs)`."""
+
+    def __init__(self, path: str | Path, labels: Sequence[str], overwrite: bool = True) -> None:
+        _check_labels(labels)
+        self.path = Path(path)
+        self.labels = tuple(labels)
+        self.overwrite = overwrite
+        self.rows = 0
+        self._stack = contextlib.ExitStack()
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> PredictionsWriter:
+        tmp = self._stack.enter_context(atomic_path(self.path, self.overwrite))
+        self._file = self._stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
+        self._file.write("time," + ",".join(self.labels) + "\n")
+        return self
+
+    def write(self, times: np.ndarray | Sequence[float], probs: np.ndarray) -> None:
+        """Append one batch: times (B,) and probs (B, C)."""
+        if self._file is None:
+            raise RuntimeError("PredictionsWriter.write outside its `with` block")
+        times = np.asarray(times, dtype=np.float64).reshape(-1)
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.shape != (len(times), len(self.labels)):
+            raise ValueError(f"batch probs {probs.shape} != ({len(times)}, {len(self.labels)})")
+        if len(times) == 0:
+            return
+        # float32 widened to float64 prints the float32's own digits with %.9g.
+        rows = np.column_stack([times, probs.astype(np.float64)])
+        np.savetxt(self._file, rows, fmt=[TIME_FORMAT] + [PROB_FORMAT] * len(self.labels),
+                   delimiter=",")
+        self.rows += len(times)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool | None:
+        self._file = None
+        # Closes the file, then renames it into place (or removes it if exc is set).
+        return self._stack.__exit__(exc_type, exc, tb)
+
+
+def write_predictions_csv(path: str | Path, preds: Predictions, overwrite: bool = True) -> Path:
+    with PredictionsWriter(path, preds.labels, overwrite) as writer:
+        writer.write(preds.times, preds.probs)
+    return Path(path)
+
+
+def read_predictions_csv(path: str | Path) -> Predictions:
+    """Read a predictions CSV. The rate is inferred from the times' spacing (1 sample/s if
+    there are fewer than two rows) and the duration is the last time plus one sample."""
+    path = Path(path)
+
+    def bad(what: str) -> MilesDeepError:
+        return MilesDeepError(f"not a valid predictions CSV: {what}", path)
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise bad("the file is empty (expected a header 'time,<label>,...')")
+            if len(header) < 2 or header[0].strip() != "time":
+                raise bad("the header must be 'time,<label_1>,...,<label_n>'")
+            labels = tuple(h.strip() for h in header[1:])
+            if any(not name for name in labels) or len(set(labels)) != len(labels):
+                raise bad("the header's labels must be non-empty and distinct")
+            values: list[list[float]] = []
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise bad(f"line {reader.line_num}: {len(row)} fields, the header has "
+                              f"{len(header)}")
+                try:
+                    numbers = [float(x) for x in row]
+                except ValueError:
+                    raise bad(f"line {reader.line_num}: not a number in {','.join(row)!r}") \
+                        from None
+                if not all(math.isfinite(x) for x in numbers):
+                    raise bad(f"line {reader.line_num}: inf or nan")
+                values.append(numbers)
+    except OSError as e:
+        raise MilesDeepError(f"cannot read the predictions CSV ({e.strerror})", path) from None
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    except csv.Error as e:
+        raise bad(str(e)) from None
+
+    table = np.array(values, dtype=np.float64).reshape(len(values), len(header))
+    times = table[:, 0]
+    if len(times) > 1 and not np.all(np.diff(times) > 0):
+        raise bad("times must increase from row to row")
+    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 1.0
+    duration = float(times[-1] + 1.0 / rate) if len(times) else 0.0
+    return Predictions(labels, times, table[:, 1:].astype(np.float32), float(rate), duration)
