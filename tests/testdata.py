@@ -71,7 +71,7 @@ def colour_bundle(directory: Path, layout: str = "NCHW", channels: str = "RGB",
     # Input is (x - 128) / 64 per channel; score_c = 4*x_c - 2*(sum of others), gray wins
     # when all channels are near zero.
     wmat = np.array([[4, -2, -2, 0], [-2, 4, -2, 0], [-2, -2, 4, 0]], np.float32)
-    bias = np.array([0, 0, 0, 1.0], np.float32)
+    bias = np.array([0, 0, 0, 3.0], np.float32)
     if channels == "BGR":
         wmat = wmat[::-1].copy()
     shape = ["N", 3, h, w] if layout == "NCHW" else ["N", h, w, 3]

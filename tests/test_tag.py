@@ -1,0 +1,136 @@
+"""`tag` end to end on generated videos: probabilities, .tag and predictions files, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from milesdeep.cli.app import run_app
+from milesdeep.models.bundle import load_bundle
+from milesdeep.pipeline.infer import OrtClassifier
+from milesdeep.pipeline.predictions import read_predictions_csv
+from milesdeep.pipeline.run import RunOptions, classify_video
+from milesdeep.pipeline.tagfile import read_tag
+from tests.testdata import colour_bundle, colour_video, encode_frames
+
+SECONDS = ["red"] * 7 + ["blue"] * 7 + ["green", "red"] + ["green"] * 6 + ["gray"] * 5
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return colour_bundle(tmp_path_factory.mktemp("model") / "colours")
+
+
+@pytest.fixture()
+def video(tmp_path: Path) -> Path:
+    return colour_video(tmp_path / "clip one.mp4", SECONDS)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("layout,channels", [("NCHW", "RGB"), ("NHWC", "BGR")])
+def test_every_second_gets_its_colour(tmp_path: Path, video: Path, layout: str,
+                                      channels: str) -> None:
+    bundle = load_bundle(colour_bundle(tmp_path / "m", layout, channels))
+    preds = classify_video(video, bundle, OrtClassifier(bundle), RunOptions(batch=4))
+    assert preds.labels == ("red", "green", "blue", "gray")
+    assert len(preds.times) == len(SECONDS)
+    winners = [preds.labels[i] for i in preds.probs.argmax(axis=1)]
+    assert winners == SECONDS
+    assert np.allclose(preds.probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_tag_writes_tag_and_predictions(video: Path, bundle_dir: Path) -> None:
+    before = sha(video)
+    rc = run_app(["tag", str(video), "--model", str(bundle_dir), "-b", "3"])
+    assert rc == 0
+    tag = read_tag(video.with_name("clip one.tag"))
+    assert tag.movie_file_name == "clip one.mp4"
+    assert list(tag.labels) == ["red", "green", "blue", "gray"]
+    assert tag.total_seconds == len(SECONDS)
+    spans = [(c.label, c.start, c.end) for c in tag.cuts]
+    # Green 14-21 bridges one red second (gap <= 2). Gray's 5 s make no cut: Miles Deep
+    # keeps a cut only if start < end - min_cut, i.e. at least min_cut + 2 samples long.
+    assert spans == [("red", 0, 6), ("blue", 7, 13), ("green", 14, 21)]
+    assert [c.start for c in tag.cuts] == sorted(c.start for c in tag.cuts)
+    preds = read_predictions_csv(video.with_name("clip one.predictions.csv"))
+    assert preds.times.tolist() == list(range(len(SECONDS)))
+    assert sha(video) == before
+
+
+def test_replan_from_predictions_without_the_network(video: Path, bundle_dir: Path,
+                                                     tmp_path: Path) -> None:
+    assert run_app(["tag", str(video), "--model", str(bundle_dir)]) == 0
+    csv = video.with_name("clip one.predictions.csv")
+    out = tmp_path / "replanned"
+    assert run_app(["tag", "--from-predictions", str(csv), "-u", "1", "-o", str(out)]) == 0
+    tag = read_tag(out / "clip one.tag")
+    # With a 1 s minimum cut, gray's five seconds now make a cut.
+    assert any(c.label == "gray" and (c.start, c.end) == (22, 26) for c in tag.cuts)
+
+
+def test_keyframe_sampling_holds_labels(tmp_path: Path, bundle_dir: Path) -> None:
+    video = colour_video(tmp_path / "k.mp4", ["red"] * 4 + ["blue"] * 4, gop=20)
+    bundle = load_bundle(bundle_dir)
+    preds = classify_video(video, bundle, OrtClassifier(bundle),
+                           RunOptions(sampling="keyframes"))
+    # Keyframes at 0, 2, 4, 6 s: each held for two seconds.
+    winners = [preds.labels[i] for i in preds.probs.argmax(axis=1)]
+    assert winners == ["red"] * 4 + ["blue"] * 4
+
+
+def _outputs(d: Path) -> set[str]:
+    return {p.name for p in d.iterdir()}
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "unknown-model", "bad-labels"])
+def test_bad_input_one_line_nothing_written(tmp_path: Path, bundle_dir: Path, case: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    video = colour_video(tmp_path / "v.mp4", ["red"] * 2)
+    args = ["tag", str(video), "--model", str(bundle_dir)]
+    if case == "missing":
+        args[1] = str(tmp_path / "nope.mp4")
+    elif case == "garbage":
+        (tmp_path / "g.mp4").write_bytes(b"\x00junk" * 100)
+        args[1] = str(tmp_path / "g.mp4")
+    elif case == "unknown-model":
+        args[3] = "no-such-model"
+    else:
+        bad = tmp_path / "badmodel"
+        colour_bundle(bad)
+        (bad / "labels.txt").write_text("a\nb\n")
+        args[3] = str(bad)
+    before = _outputs(tmp_path)
+    rc = run_app(args)
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert _outputs(tmp_path) == before
+
+
+def test_memory_stays_flat_with_video_length(tmp_path: Path, bundle_dir: Path) -> None:
+    """Samples are streamed: peak traced memory for 40 s of video is not 10x that of 4 s."""
+    frame = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    bundle = load_bundle(bundle_dir)
+    classifier = OrtClassifier(bundle)
+
+    def peak(seconds: int) -> int:
+        path = encode_frames(tmp_path / f"m{seconds}.mp4", [frame] * (seconds * 5),
+                             [k * 200 for k in range(seconds * 5)], gop=50)
+        tracemalloc.start()
+        preds = classify_video(path, bundle, classifier, RunOptions(rate=5, batch=8))
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert len(preds.times) == seconds * 5
+        return top
+
+    short, long = peak(4), peak(40)
+    # 200 held samples would be 200 x 115 kB = 23 MB of pixels; streaming keeps a few dozen.
+    assert long < short * 1.5 + 2_000_000, (short, long)
