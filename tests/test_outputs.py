@@ -10,7 +10,7 @@ import pytest
 
 from milesdeep.errors import MilesDeepError
 from milesdeep.pipeline.planner import Cut, plan_all_labels, seconds_per_label
-from milesdeep.pipeline.plot import clock, plot_timeline, tick_step
+from milesdeep.pipeline.plot import binned, clock, plot_timeline, tick_step
 from milesdeep.pipeline.predictions import (
     Predictions,
     PredictionsWriter,
@@ -156,3 +156,15 @@ def test_clock_and_ticks() -> None:
     assert clock(0) == "00:00" and clock(75) == "01:15" and clock(3725) == "1:02:05"
     assert tick_step(60) == 5 and tick_step(600) == 60
     assert tick_step(7200) == 600 and tick_step(7201) == 900
+
+
+def test_long_runs_are_binned_by_averaging() -> None:
+    preds = blocky_predictions(n=1000)
+    times, probs = binned(preds.times, preds.probs, 300)
+    assert len(times) == 300 and probs.shape == (300, 3)
+    assert times[0] == 0 and np.all(np.diff(times) > 0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    # Bins start at floor(k * 1000 / 300): the first holds samples 0, 1, 2.
+    np.testing.assert_allclose(probs[0], preds.probs[:3].mean(axis=0), rtol=1e-6)
+    same_t, same_p = binned(preds.times, preds.probs, 1000)
+    assert same_t is preds.times and same_p is preds.probs

@@ -27,6 +27,24 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+# More columns than the picture has pixels only slow matplotlib down (a 90-minute video at
+# 60 samples/s is 324,000 samples); longer runs are averaged into this many bins.
+MAX_COLUMNS = 2400
+
+
+def binned(times: np.ndarray, probs: np.ndarray, most: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `most` consecutive runs of samples, each averaged and placed at its first time.
+
+    Averaging keeps each column's probabilities summing to 1."""
+    n = len(times)
+    if n <= most:
+        return times, probs
+    starts = np.linspace(0, n, most, endpoint=False).astype(np.int64)
+    counts = np.diff(np.append(starts, n))
+    sums = np.add.reduceat(probs.astype(np.float64), starts, axis=0)
+    return times[starts], sums / counts[:, None]
+
+
 def tick_step(span: float, most: int = 12) -> float:
     """A clock-friendly tick spacing in seconds giving at most `most` ticks over `span`."""
     for step in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200):
@@ -59,9 +77,10 @@ def plot_timeline(path: str | Path, preds: Predictions, cuts: Sequence[Cut], tit
     probs_ax, cuts_ax = fig.subplots(
         2, 1, sharex=True, height_ratios=[4, max(1, 0.5 * len(lanes))])
     if len(preds.times):
+        times, probs = binned(preds.times, preds.probs, MAX_COLUMNS)
         # Repeat the last sample to the end so that it is drawn for its whole slot.
-        times = np.append(preds.times, end_time)
-        probs = np.vstack([preds.probs, preds.probs[-1:]]).T
+        times = np.append(times, end_time)
+        probs = np.vstack([probs, probs[-1:]]).T
         probs_ax.stackplot(times, probs, colors=colours, step="post", linewidth=0)
     spans = {name: [(c.start / rate, (c.end + 1 - c.start) / rate) for c in cuts
                     if c.label == name] for name in lanes}
