@@ -126,6 +126,14 @@ def test_malformed_predictions_csv(tmp_path: Path, content: str, message: str) -
         read_predictions_csv(path)
 
 
+def test_predictions_csv_from_a_spreadsheet(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_bytes(b"\xef\xbb\xbftime,a,b\r\n0,0.25,0.75\r\n0.5,1,0\r\n")
+    back = read_predictions_csv(path)
+    assert back.labels == ("a", "b") and back.rate == 2.0
+    assert back.probs.tolist() == [[0.25, 0.75], [1.0, 0.0]]
+
+
 def test_predictions_csv_with_no_rows(tmp_path: Path) -> None:
     path = write_predictions_csv(tmp_path / "p.csv",
                                  Predictions(LABELS, np.zeros(0), np.zeros((0, 3)), 1.0, 0.0))

@@ -182,6 +182,10 @@ def test_params_are_validated_and_scale_with_rate() -> None:
     with pytest.raises(MilesDeepError, match="min_score"):
         PlanParams(min_score=1.5)
     assert PlanParams().for_rate(1.0) == PlanParams()
+    params = PlanParams(np.int64(3), np.int32(1), np.float32(0.5), np.float64(0.25))
+    # Stored as plain numbers, so the plan serialises (json cannot write NumPy scalars).
+    assert CutPlan.from_json(CutPlan((), 1.0, 0.0, params, []).to_json()).params == params
+    assert type(params.min_cut) is int and type(params.min_score) is float
     assert PlanParams(4, 2).for_rate(2.0) == PlanParams(8, 4)
 
 

@@ -60,6 +60,10 @@ class PlanParams:
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating)) or not 0.0 <= value <= 1.0:
                 raise MilesDeepError(f"{name} must be a number from 0 to 1 (got {value!r})")
+        # Plain Python numbers, whatever was passed (NumPy scalars do not serialise to JSON).
+        for name, kind in (("min_cut", int), ("max_gap", int), ("min_score", float),
+                           ("min_coverage", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
     def for_rate(self, rate: float) -> PlanParams:
         """The same options with min_cut and max_gap converted from seconds to samples at

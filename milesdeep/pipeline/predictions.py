@@ -44,9 +44,13 @@ class Predictions:
 
     def __post_init__(self) -> None:
         self.labels = tuple(self.labels)
-        self.times = np.asarray(self.times, dtype=np.float64).reshape(-1)
-        self.probs = np.asarray(self.probs, dtype=np.float32).reshape(len(self.times),
-                                                                      len(self.labels))
+        self.times = np.asarray(self.times, dtype=np.float64)
+        self.probs = np.asarray(self.probs, dtype=np.float32)
+        if len(self.probs) == 0:  # (0,) or (0, C): no samples
+            self.probs = self.probs.reshape(0, len(self.labels))
+        if self.times.ndim != 1 or self.probs.shape != (len(self.times), len(self.labels)):
+            raise ValueError(f"times {self.times.shape} and probs {self.probs.shape} do not "
+                             f"fit {len(self.labels)} labels")
 
 
 def _check_labels(labels: Sequence[str]) -> None:
@@ -116,7 +120,8 @@ def read_predictions_csv(path: str | Path) -> Predictions:
         return MilesDeepError(f"not a valid predictions CSV: {what}", path)
 
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        # utf-8-sig: a spreadsheet that saved the file may have put a byte-order mark first.
+        with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
