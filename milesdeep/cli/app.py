@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from milesdeep.errors import MilesDeepError
 
@@ -26,7 +27,7 @@ console = Console(stderr=True, highlight=False)
 
 def fail(message: str) -> None:
     """Report a user error as one line and exit 1."""
-    console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -37,7 +38,7 @@ def run_app(argv: list[str] | None = None) -> int:
     except MilesDeepError as e:
         if debug:
             raise
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True, markup=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, markup=True)
         return 1
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
