@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from milesdeep.errors import MilesDeepError
@@ -51,16 +51,26 @@ def write_tag_outputs(stem: Path, movie_name: str, preds: Predictions, params: P
     if write_predictions:
         outputs.append(write_predictions_csv(stem.with_name(stem.name + PREDICTIONS_SUFFIX),
                                              preds))
-    total = int(round(preds.duration)) if preds.duration > 0 else int(len(preds.times) /
-                                                                      preds.rate)
     outputs.append(write_tag(stem.with_name(stem.name + ".tag"), movie_name, preds.labels,
-                             seconds_per_label(cuts, preds.labels), total, cuts))
+                             *_tag_seconds(cuts, preds)))
     if plot:
         from milesdeep.pipeline.plot import plot_timeline
 
         outputs.append(plot_timeline(stem.with_name(stem.name + ".timeline.png"), preds, cuts,
                                      title=movie_name))
     return cuts, outputs
+
+
+def _tag_seconds(cuts: list[Cut], preds: Predictions) -> tuple[list[int], int, list[Cut]]:
+    """The .tag file counts whole seconds. At one sample per second (Miles Deep's rate) sample
+    indices are seconds; at other rates cuts are given as the seconds their samples fall in."""
+    per_label = seconds_per_label(cuts, preds.labels)
+    total = len(preds.times)
+    if preds.rate == 1.0:
+        return per_label, total, cuts
+    r = preds.rate
+    in_seconds = [replace(c, start=int(c.start // r), end=int(c.end // r)) for c in cuts]
+    return [round(n / r) for n in per_label], round(total / r), in_seconds
 
 
 def tag_video(video: Path, bundle: ModelBundle, classifier: Classifier, *,
