@@ -118,3 +118,18 @@ def test_build_engine_rejects_an_unknown_precision() -> None:
     p = run_cli("build-engine", "--precision", "fp8")
     assert p.returncode == 1
     assert "--precision 'fp8' is not one of: fp32, fp16, int8" in p.stderr
+
+
+def test_resolve_backend_on_this_machine(tmp_path: Path) -> None:
+    from milesdeep.models.bundle import load_bundle
+    from milesdeep.pipeline.backend import resolve_backend
+    from tests.testdata import colour_bundle
+
+    bundle = load_bundle(colour_bundle(tmp_path / "b"))
+    assert resolve_backend("cpu", bundle).reason == "requested with --backend cpu"
+    auto = resolve_backend("auto", bundle)
+    assert auto.name == "cpu" and auto.reason.startswith("GPU path unavailable: missing")
+    with pytest.raises(MilesDeepError, match=r"^--backend gpu: missing an NVIDIA GPU"):
+        resolve_backend("gpu", bundle)
+    with pytest.raises(MilesDeepError, match="unknown backend"):
+        resolve_backend("npu", bundle)

@@ -232,3 +232,26 @@ def choose_backend(requested: str, probe: ProbeResult | None,
     trt = probe.versions.get("tensorrt", "")
     why = "requested with --backend gpu" if requested == "gpu" else "auto: all GPU parts usable"
     return BackendChoice("gpu", f"{why}: {gpu}, TensorRT {trt}")
+
+
+def resolve_backend(requested: str, bundle: object, precision: str | None = None,
+                    engine_path: object = None, model_arg: str | None = None) -> BackendChoice:
+    """Probe (unless `cpu`), look for a fresh engine for `bundle` when the GPU is usable, and
+    choose. The caller prints `choice.describe()` and, for `gpu`, opens
+    `milesdeep.pipeline.run_gpu.open_gpu_backend`."""
+    if requested == "cpu":
+        return choose_backend("cpu", None)
+    if requested not in REQUESTS:
+        return choose_backend(requested, None)  # raises the unknown-backend error
+    probe = probe_gpu()
+    problem = None
+    if probe.usable:
+        assert probe.gpu is not None
+        from milesdeep.trt_engine.runner import engine_problem, import_tensorrt
+        from milesdeep.trt_engine.sidecar import Environment
+
+        trt = import_tensorrt()
+        env = Environment(str(trt.__version__), probe.gpu.name, probe.gpu.compute_capability)
+        problem = engine_problem(bundle, env, precision, engine_path,  # type: ignore[arg-type]
+                                 model_arg)
+    return choose_backend(requested, probe, problem)
