@@ -1,0 +1,548 @@
+"""Stream-copy the kept time ranges of a video into one output (or one file per range).
+
+Two passes over the source, both with PyAV (FFmpeg's libraries, no ffmpeg CLI):
+
+1. `index_media` demuxes every packet once, without decoding, and records timestamps,
+   durations and keyframe flags.
+2. `plan_edit` works out, from the index alone, which packets go out and at what time:
+   - video: each range starts at the keyframe at or before its planned start (or, with
+     `precise`, at the exact frame, the partial GOPs being re-encoded by `smartcut`), and ends at
+     the first point at or after its planned end where the packets copied so far hold exactly
+     the frames before that point (B-frames make some ends undecodable); ranges that overlap
+     after snapping are merged. Output times are continuous: range r is shifted so it starts
+     where range r-1 ended. Decode timestamps are reassigned over the whole output (the i-th
+     smallest pts minus the largest reorder delay), so they rise monotonically across splices.
+   - audio: packets are laid end to end on an output clock; each range takes the packets whose
+     source time lands nearest to the clock, so every packet is within half a packet (about
+     11 ms for AAC at 48 kHz) of its place relative to the video, with no drift across ranges.
+   - subtitles: the packets that start inside a range, shifted with it.
+3. `write_edit` demuxes again and muxes the planned packets, writing through `atomic_path`.
+
+Planned times are seconds from the first video frame (what the classifier's sample times are).
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from milesdeep.errors import MilesDeepError
+from milesdeep.pipeline import smartcut
+from milesdeep.pipeline.atomic import atomic_path
+from milesdeep.pipeline.ranges import TimeRange, format_time
+
+KINDS = ("video", "audio", "subtitle")
+
+
+@dataclass
+class StreamIndex:
+    """Timestamps of one stream's packets, in demux order (decode order for video)."""
+
+    index: int
+    kind: str
+    codec: str
+    time_base: Fraction
+    pts: list[int] = field(default_factory=list)
+    dts: list[int | None] = field(default_factory=list)
+    duration: list[int] = field(default_factory=list)
+    key: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class MediaIndex:
+    path: Path
+    video: StreamIndex
+    others: list[StreamIndex]
+    skipped: list[str]
+    start: int  # first video pts (ticks): planned time 0
+    end: int  # end of the last video frame (ticks)
+    sorted_pts: list[int]
+    suffix_min: list[int]  # suffix_min[i] = min video pts of packets i.. (end at len)
+    key_pts: list[int]  # keyframe pts, sorted
+    key_idx: list[int]  # their decode indices
+
+    @property
+    def duration(self) -> Fraction:
+        return (self.end - self.start) * self.video.time_base
+
+    def ticks(self, t: Fraction) -> Fraction:
+        """Planned seconds -> video ticks (exact)."""
+        return t / self.video.time_base + self.start
+
+    def seconds(self, ticks: int) -> Fraction:
+        return (ticks - self.start) * self.video.time_base
+
+
+def _usable(packet: av.Packet) -> bool:
+    return packet.size > 0 and packet.pts is not None
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, OSError) as e:
+        raise MilesDeepError(f"cannot read the video ({e})", path) from None
+
+
+def _main_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    for s in container.streams.video:
+        if not (s.disposition & av.stream.Disposition.attached_pic):
+            return s
+    return None
+
+
+def index_media(path: Path) -> MediaIndex:
+    """Scan every packet once (no decoding) and index the streams an edit carries."""
+    path = Path(path)
+    with _open(path) as c:
+        video = _main_video(c)
+        if video is None:
+            raise MilesDeepError("no video stream to cut", path)
+        vindex = video.index
+        carried: dict[int, StreamIndex] = {}
+        skipped: list[str] = []
+        for s in c.streams:
+            if s is video or (s.type in ("audio", "subtitle")):
+                codec = s.codec_context.name if s.codec_context else str(s.type)
+                carried[s.index] = StreamIndex(s.index, s.type, codec, s.time_base)
+            else:
+                skipped.append(f"stream {s.index} ({s.type})")
+        try:
+            for packet in c.demux([c.streams[i] for i in carried]):
+                if not _usable(packet):
+                    continue
+                si = carried[packet.stream.index]
+                si.pts.append(packet.pts)
+                si.dts.append(packet.dts)
+                si.duration.append(packet.duration or 0)
+                si.key.append(packet.is_keyframe)
+        except av.error.FFmpegError as e:
+            raise MilesDeepError(f"cannot read the video ({e})", path) from None
+    v = carried.pop(vindex)
+    if not v.pts or not any(v.key):
+        raise MilesDeepError("the video stream has no frames or no keyframes", path)
+    sorted_pts = sorted(v.pts)
+    last = v.pts.index(sorted_pts[-1])
+    step = v.duration[last] or (sorted_pts[-1] - sorted_pts[-2] if len(sorted_pts) > 1 else 1)
+    end = sorted_pts[-1] + step
+    suffix = [end] * (len(v.pts) + 1)
+    for i in range(len(v.pts) - 1, -1, -1):
+        suffix[i] = min(v.pts[i], suffix[i + 1])
+    keys = sorted((p, i) for i, (p, k) in enumerate(zip(v.pts, v.key)) if k)
+    return MediaIndex(path, v, list(carried.values()), skipped, sorted_pts[0], end,
+                      sorted_pts, suffix, [p for p, _ in keys], [i for _, i in keys])
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+@dataclass
+class CopyItem:
+    """Copy video packets first..last (decode indices) whose pts >= low."""
+
+    first: int
+    last: int
+    low: int
+    offset: int  # added to source pts to get output pts (ticks)
+    prepend_parameter_sets: bool = False
+
+
+@dataclass
+class EncodeItem:
+    """Re-encode the frames with pts in `wanted`, decoding from the keyframe at keyframe_pts."""
+
+    keyframe_pts: int
+    wanted: list[int]
+    stop: int | None  # first pts not wanted (None at the end of the stream)
+    offset: int
+
+
+@dataclass
+class Span:
+    """One output range: planned ranges (seconds) and what the output actually holds (ticks)."""
+
+    planned: list[TimeRange]
+    start: int
+    end: int
+    items: list[CopyItem | EncodeItem] = field(default_factory=list)
+
+
+@dataclass
+class RangeReport:
+    planned: list[TimeRange]
+    actual: TimeRange
+    reencoded: Fraction  # seconds of video re-encoded in this range
+
+    def describe(self) -> str:
+        planned = ", ".join(str(r) for r in self.planned)
+        note = f"  (re-encoded {float(self.reencoded):.2f}s)" if self.reencoded else ""
+        return f"planned {planned} -> actual {self.actual}{note}"
+
+
+@dataclass
+class EditPlan:
+    index: MediaIndex
+    spans: list[Span]
+    precise: bool
+    notes: list[str]
+    video_out: list[tuple[int, int]]  # (pts, dts) of every output video packet, in order
+    others: dict[int, dict[int, list[int]]]  # stream -> packet index -> output pts (ticks)
+
+    @property
+    def duration(self) -> Fraction:
+        return sum(((s.end - s.start) for s in self.spans), 0) * self.index.video.time_base
+
+    def reports(self) -> list[RangeReport]:
+        tb = self.index.video.time_base
+        out = []
+        for s in self.spans:
+            enc = sum(len(i.wanted) for i in s.items if isinstance(i, EncodeItem))
+            frame = Fraction(s.end - s.start, max(1, _frames_in(self.index, s.start, s.end)))
+            out.append(RangeReport(s.planned, TimeRange(self.index.seconds(s.start),
+                                                        self.index.seconds(s.end)),
+                                   enc * frame * tb))
+        return out
+
+
+def _frames_in(index: MediaIndex, lo: int, hi: int) -> int:
+    return bisect.bisect_left(index.sorted_pts, hi) - bisect.bisect_left(index.sorted_pts, lo)
+
+
+def _next_pts(index: MediaIndex, t: Fraction) -> int:
+    """The first frame pts at or after tick t (the stream end if none)."""
+    i = bisect.bisect_left(index.sorted_pts, t)
+    return index.sorted_pts[i] if i < len(index.sorted_pts) else index.end
+
+
+def _key_at_or_before(index: MediaIndex, t: Fraction) -> int:
+    """Decode index of the last keyframe with pts <= t (the first keyframe if none)."""
+    n = bisect.bisect_right(index.key_pts, t)
+    return index.key_idx[max(n - 1, 0)]
+
+
+def _key_after(index: MediaIndex, t: int) -> int | None:
+    """Decode index of the first keyframe with pts > t, if any."""
+    n = bisect.bisect_right(index.key_pts, t)
+    return index.key_idx[n] if n < len(index.key_idx) else None
+
+
+def _copy_end_at_least(index: MediaIndex, first: int, end: Fraction) -> tuple[int, int]:
+    """The shortest clean decode prefix from `first` showing every frame before `end`:
+    (last decode index, display end). Clean: the frames it holds are exactly those with pts in
+    [pts[first], display end)."""
+    v, suffix = index.video, index.suffix_min
+    low, top = v.pts[first], -1
+    for i in range(first, len(v.pts)):
+        if v.pts[i] >= low:
+            top = max(top, v.pts[i])
+        if top < suffix[i + 1] and suffix[i + 1] >= end:
+            return i, suffix[i + 1]
+    return len(v.pts) - 1, index.end
+
+
+def _copy_end_at_most(index: MediaIndex, first: int, end: int) -> tuple[int, int] | None:
+    """The longest clean decode prefix from `first` that ends at or before `end`."""
+    v, suffix = index.video, index.suffix_min
+    low, top, best = v.pts[first], -1, None
+    for i in range(first, len(v.pts)):
+        if suffix[i + 1] > end:
+            break
+        if v.pts[i] >= low:
+            top = max(top, v.pts[i])
+        if top < suffix[i + 1]:
+            best = (i, suffix[i + 1])
+    return best
+
+
+def _frames(index: MediaIndex, lo: int, hi: int) -> list[int]:
+    s = index.sorted_pts
+    return s[bisect.bisect_left(s, lo):bisect.bisect_left(s, hi)]
+
+
+def _keyframe_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool) -> list[Span]:
+    spans: list[Span] = []
+    for r in ranges:
+        first = _key_at_or_before(index, index.ticks(r.start))
+        last, end = _copy_end_at_least(index, first, index.ticks(r.end))
+        start = index.video.pts[first]
+        if merge and spans and start <= spans[-1].end:
+            prev = spans[-1]
+            item = prev.items[0]
+            assert isinstance(item, CopyItem)
+            if end > prev.end:
+                item.last, prev.end = max(item.last, last), end
+            prev.planned.append(r)
+            continue
+        spans.append(Span([r], start, end, [CopyItem(first, last, start, 0)]))
+    return spans
+
+
+def _precise_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool) -> list[Span]:
+    spans: list[Span] = []
+    for r in ranges:
+        start = _next_pts(index, index.ticks(r.start))
+        end = _next_pts(index, index.ticks(r.end))
+        if start >= end:
+            continue
+        if merge and spans and start <= spans[-1].end:
+            spans[-1].end = max(spans[-1].end, end)
+            spans[-1].planned.append(r)
+        else:
+            spans.append(Span([r], start, end))
+    v = index.video
+    for s in spans:
+        stop = None if s.end >= index.end else s.end
+        k0 = _key_at_or_before(index, Fraction(s.start))
+        copy_from: int | None = k0
+        if v.pts[k0] != s.start:
+            k1 = _key_after(index, s.start)
+            head_end = v.pts[k1] if k1 is not None and v.pts[k1] < s.end else s.end
+            s.items.append(EncodeItem(v.pts[k0], _frames(index, s.start, head_end),
+                                      None if head_end >= index.end else head_end, 0))
+            copy_from = k1 if head_end < s.end else None
+        if copy_from is None:
+            continue
+        clean = _copy_end_at_most(index, copy_from, s.end)
+        if clean is None:
+            kp = v.pts[copy_from]
+            s.items.append(EncodeItem(kp, _frames(index, kp, s.end), stop, 0))
+            continue
+        last, shown_end = clean
+        s.items.append(CopyItem(copy_from, last, v.pts[copy_from], 0))
+        if shown_end < s.end:
+            kt = v.pts[_key_at_or_before(index, Fraction(shown_end))]
+            s.items.append(EncodeItem(kt, _frames(index, shown_end, s.end), stop, 0))
+    return spans
+
+
+def _plan_audio_like(si: StreamIndex, index: MediaIndex,
+                     spans: Sequence[Span], outs: Sequence[Fraction]) -> dict[int, list[int]]:
+    """Audio: packets laid end to end on an output clock, each within half a packet of its
+    source-relative place. `outs[r]` is span r's output start in seconds."""
+    tb = si.time_base
+    order = sorted(range(len(si.pts)), key=lambda j: si.pts[j])
+    times = [si.pts[j] * tb for j in order]
+    durs: list[Fraction] = []
+    for n, j in enumerate(order):
+        d = si.duration[j] * tb
+        if n + 1 < len(order) and times[n + 1] > times[n]:
+            d = times[n + 1] - times[n]
+        durs.append(d if d > 0 else Fraction(1, 50))
+    plan: dict[int, list[int]] = {}
+    clock: Fraction | None = None
+    vtb = index.video.time_base
+    for span, out0 in zip(spans, outs):
+        a, b = span.start * vtb, span.end * vtb
+        out1 = out0 + (b - a)
+        if clock is None or abs(clock - out0) > max(durs, default=Fraction(0)):
+            clock = out0
+        n = bisect.bisect_left(times, a + (clock - out0))
+        if n > 0 and (n == len(times) or
+                      abs(times[n - 1] - a - (clock - out0)) <= abs(times[n] - a - (clock - out0))):
+            n -= 1
+        while n < len(times):
+            mapped = times[n] - a + out0
+            if abs(clock - mapped) > durs[n]:  # a hole in the source audio: resynchronise
+                clock = mapped
+            if clock + durs[n] / 2 > out1:
+                break
+            plan.setdefault(order[n], []).append(round(clock / tb))
+            clock += durs[n]
+            n += 1
+    return plan
+
+
+def _plan_subtitles(si: StreamIndex, index: MediaIndex, spans: Sequence[Span],
+                    outs: Sequence[Fraction]) -> dict[int, list[int]]:
+    tb, vtb = si.time_base, index.video.time_base
+    plan: dict[int, list[int]] = {}
+    for span, out0 in zip(spans, outs):
+        a, b = span.start * vtb, span.end * vtb
+        for j, p in enumerate(si.pts):
+            if a <= p * tb < b:
+                plan.setdefault(j, []).append(round((p * tb - a + out0) / tb))
+    return plan
+
+
+def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = False,
+              merge: bool = True) -> EditPlan:
+    """Decide every output packet and its time from the index alone (see the module doc)."""
+    notes: list[str] = []
+    if precise:
+        with _open(index.path) as c:
+            reason = smartcut.reencode_support(c.streams[index.video.index])
+        if reason:
+            notes.append(f"--precise: {reason}; cutting at keyframes instead")
+            precise = False
+    spans = (_precise_spans if precise else _keyframe_spans)(index, ranges, merge)
+    out_start, outs = 0, []
+    video_out: list[int] = []
+    for s in spans:
+        offset = out_start - s.start
+        outs.append(out_start * index.video.time_base)
+        previous_encoded = False
+        for item in s.items:
+            item.offset = offset
+            if isinstance(item, CopyItem):
+                item.prepend_parameter_sets = previous_encoded
+                v = index.video
+                video_out += [p + offset for p in v.pts[item.first:item.last + 1]
+                              if p >= item.low]
+                previous_encoded = False
+            else:
+                video_out += [p + offset for p in item.wanted]
+                previous_encoded = True
+        out_start += s.end - s.start
+    # Decode timestamps: the i-th smallest pts minus the largest reorder delay.
+    ranked = sorted(video_out)
+    delay = max((r - p for r, p in zip(ranked, video_out)), default=0)
+    pairs = [(p, r - delay) for p, r in zip(video_out, ranked)]
+    others: dict[int, dict[int, list[int]]] = {}
+    for si in index.others:
+        planner = _plan_subtitles if si.kind == "subtitle" else _plan_audio_like
+        others[si.index] = planner(si, index, spans, outs)
+    _chain_prepends(spans)
+    return EditPlan(index, spans, precise, notes, pairs, others)
+
+
+def _chain_prepends(spans: Sequence[Span]) -> None:
+    """A copied keyframe that follows a re-encoded run in the output (even across spans)
+    needs the original parameter sets in-band."""
+    previous_encoded = False
+    for s in spans:
+        for item in s.items:
+            if isinstance(item, CopyItem):
+                item.prepend_parameter_sets = previous_encoded
+                previous_encoded = False
+            else:
+                previous_encoded = True
+
+
+# --- writing -------------------------------------------------------------------------------
+
+# The one place packets reach the muxer (tests hook it to interrupt a write).
+def _mux(output: av.container.OutputContainer, packet: av.Packet) -> None:
+    output.mux(packet)
+
+
+def write_edit(plan: EditPlan, dest: Path, overwrite: bool = False,
+               on_progress: Callable[[float], None] | None = None) -> Path:
+    """Mux the planned packets into `dest` (temporary name, renamed when complete)."""
+    index = plan.index
+    with atomic_path(dest, overwrite=overwrite) as tmp, _open(index.path) as src:
+        try:
+            _write(plan, src, tmp, on_progress)
+        except av.error.FFmpegError as e:
+            raise MilesDeepError(f"cannot write the cut ({e})", dest) from None
+    return Path(dest)
+
+
+def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
+           on_progress: Callable[[float], None] | None) -> None:
+    index = plan.index
+    vidx = index.video.index
+    carried = [vidx] + [i for i, p in plan.others.items() if p]
+    encoder = smartcut.SegmentEncoder(index.path, vidx) if plan.precise else None
+    avcc = smartcut.parse_avcc(src.streams[vidx].codec_context.extradata)
+    with av.open(str(tmp), "w", format=_format_for(tmp)) as out:
+        out_streams: dict[int, av.stream.Stream] = {}
+        for i in carried:
+            s = src.streams[i]
+            if s.type == "subtitle" and s.codec_context.name not in out.supported_codecs:
+                plan.notes.append(f"subtitle stream {i} ({s.codec_context.name}) cannot go "
+                                  f"into {tmp.suffix}; left out")
+                continue
+            out_streams[i] = out.add_stream_from_template(s)
+        items = [it for span in plan.spans for it in span.items]
+        vtimes = iter(plan.video_out)
+        vstream = out_streams[vidx]
+        tb = index.video.time_base
+        state = {"item": 0, "copied": 0}
+
+        def emit_video(data: bytes | av.Packet, key: bool) -> None:
+            pts, dts = next(vtimes)
+            packet = data if isinstance(data, av.Packet) else av.Packet(data)
+            packet.pts, packet.dts, packet.time_base = pts, dts, tb
+            if not isinstance(data, av.Packet):
+                packet.is_keyframe = key
+            packet.stream = vstream
+            _mux(out, packet)
+
+        def flush_encoded() -> None:
+            while state["item"] < len(items) and isinstance(items[state["item"]], EncodeItem):
+                item = items[state["item"]]
+                assert isinstance(item, EncodeItem) and encoder is not None
+                for ep in encoder.encode(item.keyframe_pts, item.wanted, item.stop):
+                    emit_video(ep.data, ep.keyframe)
+                state["item"] += 1
+                state["copied"] = 0
+
+        flush_encoded()
+        counters = dict.fromkeys(carried, -1)
+        total = len(index.video.pts)
+        for packet in src.demux([src.streams[i] for i in carried]):
+            if not _usable(packet):
+                continue
+            si = packet.stream.index
+            counters[si] += 1
+            j = counters[si]
+            if si != vidx:
+                if si not in out_streams:
+                    continue
+                for n, pts in enumerate(plan.others[si].get(j, ())):
+                    p = packet if n == 0 else av.Packet(bytes(packet))
+                    p.pts = p.dts = pts
+                    p.time_base = src.streams[si].time_base
+                    p.stream = out_streams[si]
+                    _mux(out, p)
+                continue
+            if on_progress and j % 256 == 0:
+                on_progress(j / total)
+            if state["item"] >= len(items):
+                continue
+            item = items[state["item"]]
+            assert isinstance(item, CopyItem)
+            if item.first <= j <= item.last and packet.pts >= item.low:
+                if state["copied"] == 0 and item.prepend_parameter_sets and avcc is not None:
+                    packet = av.Packet(avcc.in_band() + bytes(packet))
+                    packet.is_keyframe = True
+                emit_video(packet, True)
+                state["copied"] += 1
+            if j >= item.last:
+                state["item"] += 1
+                state["copied"] = 0
+                flush_encoded()
+        flush_encoded()
+    if encoder is not None:
+        encoder.close()
+
+
+def _format_for(path: Path) -> str | None:
+    """Let FFmpeg pick the muxer from the extension (the temporary name keeps it)."""
+    return None
+
+
+def output_extension(index: MediaIndex) -> str:
+    """The source's extension, except that .wmv becomes .mkv as in the original (stream-copying
+    into ASF was unreliable there) when Matroska takes every carried codec; FFmpeg's Matroska
+    muxer refuses WMV2/WMV3/WMA at normal compliance, and those stay .wmv (ASF)."""
+    ext = index.path.suffix
+    if ext.lower() != ".wmv":
+        return ext or ".mkv"
+    codecs = {index.video.codec, *(s.codec for s in index.others)}
+    with av.open(io.BytesIO(), "w", format="matroska") as probe:
+        supported = probe.supported_codecs
+    return ".mkv" if codecs <= supported else ext
+
+
+def summary_lines(plan: EditPlan) -> list[str]:
+    lines = [r.describe() for r in plan.reports()]
+    lines.append(f"output {format_time(plan.duration)} in {len(plan.spans)} range(s)"
+                 + (" (frame-accurate)" if plan.precise else " (keyframe cuts)"))
+    return lines + plan.notes
