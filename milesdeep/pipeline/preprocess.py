@@ -70,13 +70,15 @@ _OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 @functools.lru_cache(maxsize=8)
-def _yuv_to_rgb(colour: Colour) -> tuple[np.ndarray, np.ndarray]:
+def yuv_to_rgb_matrix(colour: Colour) -> tuple[np.ndarray, np.ndarray]:
+    """(M, b) with (R, G, B) = M @ (Y, U, V) + b, everything in 8-bit units (float64,
+    read-only)."""
     try:
         kr, kb = _KR_KB[colour.matrix]
     except KeyError:
         raise ValueError(f"unknown colour matrix {colour.matrix!r}") from None
     kg = 1.0 - kr - kb
-    # R'G'B' from Y' in [0, 1]-scaled-to-255 and centred chroma (the standards' equations).
+    # R, G, B from luma and centred chroma on the same 0-255 scale (the standards' equations).
     a = np.array([
         [1.0, 0.0, 2.0 * (1.0 - kr)],
         [1.0, -2.0 * kb * (1.0 - kb) / kg, -2.0 * kr * (1.0 - kr) / kg],
@@ -91,11 +93,6 @@ def _yuv_to_rgb(colour: Colour) -> tuple[np.ndarray, np.ndarray]:
     m.setflags(write=False)
     b.setflags(write=False)
     return m, b
-
-
-def yuv_to_rgb_matrix(colour: Colour) -> tuple[np.ndarray, np.ndarray]:
-    """(M, b) with (R, G, B) = M @ (Y, U, V) + b, everything in 8-bit units (float64)."""
-    return _yuv_to_rgb(colour)
 
 
 def channel_order(spec: InputSpec) -> tuple[int, int, int]:
