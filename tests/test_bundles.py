@@ -1,0 +1,124 @@
+"""ONNX bundles (model.onnx, labels.txt, model.toml): validated on load, clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from milesdeep.cli import run_app
+from milesdeep.errors import MilesDeepError
+from milesdeep.models.bundle import InputSpec, load_bundle, write_bundle
+
+GOOD_SPEC = InputSpec(layout="NCHW", channels="BGR", size=(8, 6), resize="squash",
+                      mean=(1.0, 2.0, 3.0), scale=1.0, antialias=False)
+
+
+def tiny_onnx(path: Path, in_shape: list, n_out: int = 3) -> None:
+    """input -> global average pool -> 3->n_out linear -> softmax."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(3, n_out)).astype(np.float32), "w")
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"], axis=1),
+             helper.make_node("MatMul", ["f", "w"], ["l"]),
+             helper.make_node("Softmax", ["l"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def make_bundle(d: Path, labels: tuple[str, ...] = ("a", "b", "other"),
+                in_shape: list | None = None, n_out: int = 3) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    tiny_onnx(d / "model.onnx", in_shape or ["N", 3, 8, 6], n_out)
+    return write_bundle(d, "model.onnx", labels, GOOD_SPEC, name="tiny",
+                        other_label="other" if "other" in labels else None)
+
+
+def edit_manifest(d: Path, old: str, new: str) -> None:
+    path = d / "model.toml"
+    text = path.read_text()
+    assert old in text, f"{old!r} not in the manifest"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_a_good_bundle_loads(tmp_path: Path) -> None:
+    b = load_bundle(make_bundle(tmp_path / "b"))
+    assert b.labels == ("a", "b", "other") and b.other_label == "other"
+    assert b.input == GOOD_SPEC and b.output_kind == "probabilities" and b.name == "tiny"
+
+
+@pytest.mark.parametrize("old,new,says", [
+    ('labels = "labels.txt"', 'lables = "labels.txt"', "key 'labels' is missing"),
+    ('onnx = "model.onnx"', 'onnx = "missing.onnx"', "onnx = 'missing.onnx': no such file"),
+    ('layout = "NCHW"', 'layout = "CHW"', "input.layout = 'CHW' is not one of"),
+    ('channels = "BGR"', 'chanels = "BGR"', "unknown key(s) in [input]: chanels"),
+    ('size = [8, 6]', 'size = [8]', "input.size must be [height, width]"),
+    ('kind = "probabilities"', 'kind = "scores"', "output.kind = 'scores' is not one of"),
+    ('kind = "probabilities"', 'knd = "logits"', "unknown key(s) in [output]: knd"),
+    ('other_label = "other"', 'other_label = "others"', "other_label = 'others' is not among"),
+    ('scale = 1.0', 'scale = 0', "input.scale must be a non-zero number"),
+    ('name = "tiny"', 'name = "tiny', "cannot read the manifest"),
+])
+def test_wrong_manifest_keys_are_named(tmp_path: Path, old: str, new: str, says: str) -> None:
+    d = make_bundle(tmp_path / "b")
+    edit_manifest(d, old, new)
+    with pytest.raises(MilesDeepError) as e:
+        load_bundle(d)
+    assert says in str(e.value) and "model.toml" in str(e.value)
+
+
+def test_labels_must_match_the_outputs(tmp_path: Path) -> None:
+    d = make_bundle(tmp_path / "b")
+    (d / "labels.txt").write_text("a\nb\n")
+    edit_manifest(d, 'other_label = "other"\n', "")
+    with pytest.raises(MilesDeepError, match="3 outputs but the labels file has 2 labels"):
+        load_bundle(d)
+    (d / "labels.txt").write_text("a\nb\na\n")
+    with pytest.raises(MilesDeepError, match="duplicate labels"):
+        load_bundle(d)
+    (d / "labels.txt").write_text("\n\n")
+    with pytest.raises(MilesDeepError, match="labels file is empty"):
+        load_bundle(d)
+
+
+def test_the_input_must_fit_the_manifest(tmp_path: Path) -> None:
+    d = make_bundle(tmp_path / "size", in_shape=["N", 3, 16, 6])
+    with pytest.raises(MilesDeepError, match=r"model input is \[3, 16, 6\].*\[3, 8, 6\]"):
+        load_bundle(d)
+    d = make_bundle(tmp_path / "layout", in_shape=["N", 8, 6, 3])
+    with pytest.raises(MilesDeepError, match="input.size or input.layout"):
+        load_bundle(d)
+    d = make_bundle(tmp_path / "rank", in_shape=["N", 3, 8])
+    with pytest.raises(MilesDeepError, match="rank 3, a 4-D image batch is needed"):
+        load_bundle(d)
+    d = make_bundle(tmp_path / "notonnx")
+    (d / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(MilesDeepError, match="not a readable ONNX model"):
+        load_bundle(d)
+
+
+def test_cli_refuses_a_bad_bundle_in_one_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    d = make_bundle(tmp_path / "b")
+    (d / "labels.txt").write_text("a\nb\nother\nd\n")
+    assert run_app(["tag", "--model", str(d), str(tmp_path / "video.mp4")]) == 1
+    err = capsys.readouterr().err
+    assert "4 labels" in err and "Traceback" not in err
+
+
+def test_cli_models_lists_builtin_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MILESDEEP_CACHE", str(cache))
+    make_bundle(cache / "models" / ("ab" * 32), labels=("x", "y", "z"))
+    assert run_app(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "open-nsfw" in out and "sfw, nsfw" in out
+    assert "tiny" in out and "x, y, z" in out and "NCHW BGR, squash to 8x6" in out
