@@ -263,6 +263,9 @@ def load_bundle(directory: str | Path, check: bool = True) -> ModelBundle:
     labels = read_labels(d / data["labels"])
     spec = parse_input_spec(data.get("input"), manifest)  # type: ignore[arg-type]
     out = data.get("output", {})
+    if not isinstance(out, dict) or set(out) - {"kind"}:
+        bad = ", ".join(sorted(set(out) - {"kind"})) if isinstance(out, dict) else "output"
+        raise MilesDeepError(f"unknown key(s) in [output]: {bad} (only kind is read)", manifest)
     kind = _choice(out, "kind", ("probabilities", "logits"), "probabilities", manifest, "output.")
     other = data.get("other_label")
     if other is not None and other not in labels:
