@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
@@ -18,6 +21,63 @@ from milesdeep.pipeline.run import Progress, RunOptions, StageTimes, classify_vi
 from milesdeep.pipeline.tagfile import write_tag
 
 PREDICTIONS_SUFFIX = ".predictions.csv"
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Classifies whole videos on one backend (the CPU twin, or NVDEC + CuPy + TensorRT)."""
+
+    name: str
+
+    def classify(self, path: Path, options: RunOptions | None, progress: Progress | None,
+                 times: StageTimes | None) -> Predictions: ...
+
+
+@dataclass
+class CpuRunner:
+    bundle: ModelBundle
+    classifier: Classifier
+    name: str = "cpu"
+
+    def classify(self, path: Path, options: RunOptions | None = None,
+                 progress: Progress | None = None, times: StageTimes | None = None
+                 ) -> Predictions:
+        return classify_video(path, self.bundle, self.classifier, options, progress, times)
+
+
+@dataclass
+class GpuRunner:
+    bundle: ModelBundle
+    backend: Any  # milesdeep.pipeline.run_gpu.GpuBackend (imported only on the GPU path)
+    name: str = "gpu"
+
+    def classify(self, path: Path, options: RunOptions | None = None,
+                 progress: Progress | None = None, times: StageTimes | None = None
+                 ) -> Predictions:
+        from milesdeep.pipeline.run_gpu import classify_video_gpu
+
+        return classify_video_gpu(path, self.bundle, self.backend, options, progress, times)
+
+
+@contextlib.contextmanager
+def open_runner(bundle: ModelBundle, backend: str = "auto", model_arg: str | None = None,
+                say: Callable[[str], None] | None = None) -> Iterator[Runner]:
+    """Choose the backend (`auto`, `cpu` or `gpu`), say which runs and why, and load the model
+    once for the whole run. `gpu` without a usable GPU stack raises the one-line error."""
+    from milesdeep.pipeline.backend import resolve_backend
+
+    choice = resolve_backend(backend, bundle, model_arg=model_arg)
+    if say is not None:
+        say(choice.describe())
+    if choice.name == "gpu":
+        from milesdeep.pipeline.run_gpu import open_gpu_backend
+
+        with open_gpu_backend(bundle, model_arg=model_arg, say=say) as gb:
+            yield GpuRunner(bundle, gb)
+    else:
+        from milesdeep.pipeline.infer import OrtClassifier
+
+        yield CpuRunner(bundle, OrtClassifier(bundle))
 
 
 @dataclass
@@ -73,14 +133,17 @@ def _tag_seconds(cuts: list[Cut], preds: Predictions) -> tuple[list[int], int, l
     return [round(n / r) for n in per_label], round(total / r), in_seconds
 
 
-def tag_video(video: Path, bundle: ModelBundle, classifier: Classifier, *,
+def tag_video(video: Path, bundle: ModelBundle, classifier: Classifier | Runner, *,
               options: RunOptions | None = None, params: PlanParams | None = None,
               out_dir: Path | None = None, plot: bool = False,
               progress: Progress | None = None) -> TagResult:
-    """Classify every sample of `video` and write its .tag and predictions files."""
+    """Classify every sample of `video` and write its .tag and predictions files.
+
+    `classifier` is a CPU classifier, or a `Runner` from `open_runner` for any backend."""
     video = Path(video)
     times = StageTimes()
-    preds = classify_video(video, bundle, classifier, options, progress, times)
+    runner = classifier if isinstance(classifier, Runner) else CpuRunner(bundle, classifier)
+    preds = runner.classify(video, options, progress, times)
     cuts, outputs = write_tag_outputs(output_stem(video, out_dir), video.name, preds,
                                       params or PlanParams(), plot)
     return TagResult(video.name, preds, cuts, outputs, times)
