@@ -51,7 +51,7 @@ def fill_weights(net, rng: np.random.Generator, bn_factor: float = 0.999) -> Non
         for a in arrs:
             blob = layer.blobs.add()
             blob.shape.dim.extend(a.shape)
-            blob.data.extend(np.asarray(a, np.float32).ravel())
+            blob.data.extend(np.asarray(a, np.float32).ravel().tolist())  # fast path
 
 
 def write_caffemodel(prototxt: Path, out: Path, seed: int, **kw) -> object:
@@ -82,35 +82,39 @@ def run_ours(prototxt: Path, caffemodel: Path, x: np.ndarray, vector: bool) -> n
     return sess.run(None, {conv.input_name: x})[0]
 
 
-def test_input_shape_dynamic_and_mean(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def miles_deep_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights for Miles Deep's own definition (resnet50_1by2), written once."""
     if not SHARED.is_dir():
         pytest.skip("../shared/miles_deep_model is absent")
+    path = tmp_path_factory.mktemp("miles_deep") / "weights.caffemodel"
+    write_caffemodel(SHARED / "deploy.prototxt", path, seed=1)
+    return path
+
+
+def test_input_shape_dynamic_and_mean(miles_deep_weights: Path) -> None:
     assert read_mean(SHARED / "mean.binaryproto") == pytest.approx((112.71, 123.17, 148.36),
                                                                    abs=0.01)
     proto = SHARED / "deploy.prototxt"
-    write_caffemodel(proto, tmp_path / "w.caffemodel", seed=3)
     from milesdeep.models.caffe.reader import read_caffemodel
 
-    conv = convert(read_prototxt(proto), read_caffemodel(tmp_path / "w.caffemodel"), proto)
+    conv = convert(read_prototxt(proto), read_caffemodel(miles_deep_weights), proto)
     dims = conv.model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 224, 224]
     assert conv.ends_in_softmax and conv.num_outputs == 6
     assert conv.model.opset_import[0].version >= 13
 
 
-def test_miles_deep_net_matches_opencv(tmp_path: Path) -> None:
+def test_miles_deep_net_matches_opencv(miles_deep_weights: Path) -> None:
     """The full resnet50_1by2 with non-trivial BatchNorm statistics, against OpenCV."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared/miles_deep_model is absent")
     proto = SHARED / "deploy.prototxt"
-    write_caffemodel(proto, tmp_path / "w.caffemodel", seed=1)
     mean = np.array(read_mean(SHARED / "mean.binaryproto"), np.float32).reshape(1, 3, 1, 1)
     yy, xx = np.mgrid[0:224, 0:224].astype(np.float32)
     img1 = np.stack([xx, yy, 255 - xx])  # BGR ramps
     img2 = np.stack([(xx // 16 % 2) * 255, yy * 0 + 40, (yy // 28 % 2) * 220])  # blocks
     x = np.ascontiguousarray(np.stack([img1, img2]) - mean, np.float32)
-    ours = run_ours(proto, tmp_path / "w.caffemodel", x, vector=True)
-    ref = run_opencv(proto, tmp_path / "w.caffemodel", x)
+    ours = run_ours(proto, miles_deep_weights, x, vector=True)
+    ref = run_opencv(proto, miles_deep_weights, x)
     assert ours.shape == ref.shape == (2, 6)
     assert np.allclose(ours.sum(axis=1), 1, atol=1e-5)
     assert ours.max() < 0.99 and not np.allclose(ours[0], ours[1], atol=1e-3)  # not trivial
@@ -435,3 +439,59 @@ def test_find_model_folder_follows_miles_deep(tmp_path: Path) -> None:
     (tmp_path / "model" / "weights.caffemodel").unlink()
     with pytest.raises(MilesDeepError, match="no weights.caffemodel"):
         find_model_folder(tmp_path)
+
+
+def colour_caffe_model(d: Path) -> tuple[Path, Path, Path, Path]:
+    """Miles Deep's four files for a hand-weighted colour classifier over BGR input:
+    red = (R - B) / 20, blue = (B - R) / 20, other = 2, after a global average pool. Fed RGB
+    by mistake, red seconds would come out blue."""
+    d.mkdir(parents=True, exist_ok=True)
+    proto = d / "deploy.prototxt"
+    proto.write_text('name: "colours"\n' + INPUT.format(h=16, w=16)
+                     + _layer("pool", "Pooling", ["data"], "pool",
+                              "pooling_param { pool: AVE global_pooling: true }")
+                     + _layer("fc", "InnerProduct", ["pool"], "fc",
+                              "inner_product_param { num_output: 3 }")
+                     + SOFTMAX % "fc")
+    net = read_prototxt(proto)
+    fc = next(x for x in net.layer if x.name == "fc")
+    w = np.array([[-1, 0, 1], [0, 0, 0], [1, 0, -1]], np.float32) / 20  # rows: red, other, blue
+    for arr in (w, np.array([0, 2, 0], np.float32)):
+        blob = fc.blobs.add()
+        blob.shape.dim.extend(arr.shape)
+        blob.data.extend(arr.ravel())
+    (d / "weights.caffemodel").write_bytes(net.SerializeToString())
+    write_mean(d / "mean.binaryproto", (10.0, 20.0, 30.0))
+    (d / "labels.txt").write_text("red\nother\nblue\n")
+    return proto, d / "weights.caffemodel", d / "mean.binaryproto", d / "labels.txt"
+
+
+def test_tag_with_an_imported_model_uses_its_labels(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from milesdeep.cli.app import run_app
+    from milesdeep.pipeline.tagfile import read_tag
+    from tests.testdata import colour_video
+
+    monkeypatch.setenv("MILESDEEP_CACHE", str(tmp_path / "cache"))
+    files = colour_caffe_model(tmp_path / "caffe")
+    video = colour_video(tmp_path / "v.mp4", ["red"] * 7 + ["gray"] * 7 + ["blue"] * 7)
+    args = ["-p", str(files[0]), "-w", str(files[1]), "-m", str(files[2]), "-l", str(files[3])]
+    assert run_app(["tag", str(video), *args, "-o", str(tmp_path / "out1")]) == 0
+    tag = read_tag(tmp_path / "out1" / "v.tag")
+    assert list(tag.labels) == ["red", "other", "blue"]
+    assert [(c.label, c.start, c.end) for c in tag.cuts if c.label != "other"] == [
+        ("red", 0, 6), ("blue", 14, 20)]
+    # Miles Deep's model/ folder in the working directory is picked up without options,
+    # and the conversion is reused from the cache (one bundle for the same four files).
+    for src, name in zip(files, ("deploy.prototxt", "weights.caffemodel", "mean.binaryproto",
+                                 "labels.txt")):
+        (tmp_path / "model").mkdir(exist_ok=True)
+        (tmp_path / "model" / name).write_bytes(src.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert run_app(["tag", str(video), "-o", str(tmp_path / "out2")]) == 0
+    assert read_tag(tmp_path / "out2" / "v.tag").cuts == tag.cuts
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 1
+    # an import whose labels do not match the net is refused before any work
+    (tmp_path / "model" / "labels.txt").write_text("red\nblue\n")
+    assert run_app(["tag", str(video), "-o", str(tmp_path / "out3")]) == 1
+    assert not (tmp_path / "out3" / "v.tag").exists()
