@@ -11,6 +11,7 @@ from milesdeep.cli.app import app, run_app
 
 # Importing a command module registers its command(s).
 from milesdeep.cli import tag  # noqa: F401,E402  isort: skip
+from milesdeep.cli import edit  # noqa: F401,E402  isort: skip
 from milesdeep.cli import sample  # noqa: F401,E402  isort: skip
 from milesdeep.cli import engine  # noqa: F401,E402  isort: skip
 from milesdeep.cli import calibrate  # noqa: F401,E402  isort: skip

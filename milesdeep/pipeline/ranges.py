@@ -116,3 +116,13 @@ def widen(ranges: Iterable[TimeRange], margin: float | Fraction,
 
 def total(ranges: Iterable[TimeRange]) -> Fraction:
     return sum((r.duration for r in ranges), Fraction(0))
+
+
+def kept_ranges(cuts: Iterable[SampleSpan], rate: float | Fraction, duration: float | Fraction,
+                remove: bool = False, margin: float | Fraction = 0) -> list[TimeRange]:
+    """What an edit keeps: the cuts (or, with `remove`, everything else), each widened by
+    `margin` seconds on both sides, clamped to the video and merged."""
+    ranges = cuts_to_ranges(cuts, rate, duration)
+    if remove:
+        ranges = complement(ranges, duration)
+    return widen(ranges, margin, duration) if margin else ranges

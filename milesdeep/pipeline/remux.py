@@ -66,6 +66,7 @@ class MediaIndex:
     suffix_min: list[int]  # suffix_min[i] = min video pts of packets i.. (end at len)
     key_pts: list[int]  # keyframe pts, sorted
     key_idx: list[int]  # their decode indices
+    frame_rate: Fraction
 
     @property
     def duration(self) -> Fraction:
@@ -105,6 +106,7 @@ def index_media(path: Path) -> MediaIndex:
         if video is None:
             raise MilesDeepError("no video stream to cut", path)
         vindex = video.index
+        frame_rate = video.average_rate or video.guessed_rate
         carried: dict[int, StreamIndex] = {}
         skipped: list[str] = []
         for s in c.streams:
@@ -136,7 +138,8 @@ def index_media(path: Path) -> MediaIndex:
         suffix[i] = min(v.pts[i], suffix[i + 1])
     keys = sorted((p, i) for i, (p, k) in enumerate(zip(v.pts, v.key)) if k)
     return MediaIndex(path, v, list(carried.values()), skipped, sorted_pts[0], end,
-                      sorted_pts, suffix, [p for p, _ in keys], [i for _, i in keys])
+                      sorted_pts, suffix, [p for p, _ in keys], [i for _, i in keys],
+                      Fraction(frame_rate) if frame_rate else 1 / (step * v.time_base))
 
 
 # --- planning ------------------------------------------------------------------------------
@@ -546,3 +549,50 @@ def summary_lines(plan: EditPlan) -> list[str]:
     lines.append(f"output {format_time(plan.duration)} in {len(plan.spans)} range(s)"
                  + (" (frame-accurate)" if plan.precise else " (keyframe cuts)"))
     return lines + plan.notes
+
+
+# --- whole cuts ----------------------------------------------------------------------------
+
+
+@dataclass
+class CutResult:
+    outputs: list[Path]
+    plans: list[EditPlan]
+
+    def summary_lines(self) -> list[str]:
+        lines: list[str] = []
+        for path, plan in zip(self.outputs, self.plans):
+            if len(self.outputs) > 1:
+                lines.append(f"{path.name}:")
+            lines += summary_lines(plan)
+        return lines
+
+
+def output_paths(index: MediaIndex, out_dir: Path, n_ranges: int, pieces: bool) -> list[Path]:
+    """`<stem>.cut<ext>`, or with pieces `<stem>.cut/<stem>.cut.<i><ext>` (i from 1)."""
+    stem, ext = index.path.stem, output_extension(index)
+    if not pieces:
+        return [out_dir / f"{stem}.cut{ext}"]
+    folder = out_dir / f"{stem}.cut"
+    return [folder / f"{stem}.cut.{i}{ext}" for i in range(1, n_ranges + 1)]
+
+
+def cut_video(index: MediaIndex, ranges: Sequence[TimeRange], out_dir: Path,
+              precise: bool = False, pieces: bool = False,
+              overwrite: bool = False) -> CutResult:
+    """Write the kept `ranges` of the indexed video into `out_dir` as one file, or one file per
+    range with `pieces`. Nothing is written at any final path if one of them already exists
+    (without `overwrite`); each file appears only when complete."""
+    groups = [[r] for r in ranges] if pieces else [list(ranges)]
+    paths = output_paths(index, Path(out_dir), len(groups), pieces)
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise MilesDeepError("output exists; pass --overwrite to replace it", p)
+    if pieces:
+        plans = [plan_edit(index, g, precise) for g in groups]
+    else:
+        plans = [plan_edit(index, groups[0], precise)]
+    for plan, path in zip(plans, paths):
+        write_edit(plan, path, overwrite=overwrite)
+    return CutResult(paths, plans)

@@ -1,0 +1,221 @@
+"""Stream-copy cuts and smart cuts on real tiny videos: durations, frames, A/V sync, safety."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from fractions import Fraction as F
+from pathlib import Path
+
+import pytest
+
+from milesdeep.errors import MilesDeepError
+from milesdeep.pipeline import remux
+from milesdeep.pipeline.ranges import TimeRange, complement, total
+from tests import videos as V
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (maker kwargs, fps, GOP in frames, smart cut possible here)
+SOURCES = {
+    "h264.mp4": (dict(fps=25, gop=25, bframes=2), 25, 25, True),
+    "h264-gop50-b3.mp4": (dict(fps=25, gop=50, bframes=3), 25, 50, True),
+    "h264.mkv": (dict(fps=30, gop=15, bframes=2), 30, 15, True),
+    "wmv2.wmv": (dict(fps=25, gop=25), 25, 25, False),
+}
+# Boundaries on whole frames at 25 and 30 fps, away from the flashes at k + 0.6 s.
+RANGES = [TimeRange(F(1, 5), F(3)), TimeRange(F(16, 5), F(4)),
+          TimeRange(F(31, 5), F(46, 5)), TimeRange(F(11), F(12))]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("src")
+    return {name: V.flash_beep_video(d / name, seconds=12, **kw)
+            for name, (kw, *_) in SOURCES.items()}
+
+
+def sync_errors(path: Path) -> tuple[list[float], list[float], list[float]]:
+    """(flash times, beep onsets, per-beep distance to the nearest flash)."""
+    flashes, beeps = V.flash_times(path), V.beep_onsets(path)
+    errors = [min((abs(b - f) for f in flashes), default=1e9) for b in beeps]
+    return flashes, beeps, errors
+
+
+def expected_codes(plan: remux.EditPlan, fps: int) -> list[int]:
+    out: list[int] = []
+    for s in plan.spans:
+        a = plan.index.seconds(s.start) * fps
+        b = plan.index.seconds(s.end) * fps
+        out += range(round(a), round(b))
+    return out
+
+
+@pytest.mark.parametrize("precise", [False, True], ids=["keyframes", "precise"])
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_cut_durations_frames_and_sync(sources: dict[str, Path], tmp_path: Path, name: str,
+                                       precise: bool) -> None:
+    src = sources[name]
+    _, fps, gop, smart = SOURCES[name]
+    before = sha(src)
+    index = remux.index_media(src)
+    result = remux.cut_video(index, RANGES, tmp_path, precise=precise)
+    out = result.outputs[0]
+    plan = result.plans[0]
+    assert out.name == f"{src.stem}.cut{'.mkv' if src.suffix == '.mkv' else src.suffix}"
+    assert plan.precise == (precise and smart)
+    if precise and not smart:
+        assert any("cutting at keyframes instead" in n for n in plan.notes)
+
+    durations = V.stream_durations(out)
+    planned = total(RANGES)
+    if plan.precise:  # exactly the planned time, frame for frame
+        assert durations["video"] == pytest.approx(float(planned), abs=1e-6)
+    else:  # each range starts at most one GOP early and ends within one GOP
+        assert 0 <= durations["video"] - float(planned) <= len(RANGES) * gop / fps
+        for report in plan.reports():
+            first, last = report.planned[0], report.planned[-1]
+            assert first.start - F(gop, fps) <= report.actual.start <= first.start
+            assert last.end <= report.actual.end <= last.end + F(gop, fps)
+    assert durations["video"] == pytest.approx(float(plan.duration), abs=1e-6)
+    assert abs(durations["audio"] - durations["video"]) < 0.1
+
+    # Every output frame is the source frame the plan says, in order (nothing corrupt).
+    assert V.read_frame_codes(out) == expected_codes(plan, fps)
+
+    # A/V sync: every beep within one frame of its flash, and a beep for every flash.
+    flashes, beeps, errors = sync_errors(out)
+    assert len(flashes) == len(beeps) >= 7
+    assert max(errors) <= 1 / fps
+    assert sha(src) == before
+
+
+def test_the_sync_check_catches_an_offset(tmp_path: Path) -> None:
+    """The same measurement on a source whose beeps are 3 frames late must fail the test."""
+    src = V.flash_beep_video(tmp_path / "late.mp4", seconds=4, beep_offset=3 / 25)
+    _, _, errors = sync_errors(src)
+    assert len(errors) == 4 and min(errors) > 1 / 25
+
+
+@pytest.mark.parametrize("precise", [False, True], ids=["keyframes", "precise"])
+def test_remove_and_keep_cover_the_whole_video(sources: dict[str, Path], tmp_path: Path,
+                                               precise: bool) -> None:
+    src = sources["h264.mp4"]
+    index = remux.index_media(src)
+    kept = remux.cut_video(index, RANGES, tmp_path / "kept", precise=precise)
+    rest_ranges = complement(RANGES, index.duration)
+    rest = remux.cut_video(index, rest_ranges, tmp_path / "rest", precise=precise)
+    a = V.read_frame_codes(kept.outputs[0])
+    b = V.read_frame_codes(rest.outputs[0])
+    n = 12 * 25
+    assert set(a) | set(b) == set(range(n))
+    if precise:  # frame-accurate: each frame exactly once
+        assert sorted(a + b) == list(range(n))
+
+
+def test_pieces_each_play(sources: dict[str, Path], tmp_path: Path) -> None:
+    src = sources["h264.mp4"]
+    index = remux.index_media(src)
+    result = remux.cut_video(index, RANGES, tmp_path, pieces=True, precise=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in result.outputs] == [
+        f"{src.stem}.cut/{src.stem}.cut.{i}.mp4" for i in range(1, len(RANGES) + 1)]
+    for path, r in zip(result.outputs, RANGES):
+        codes = V.read_frame_codes(path)
+        assert codes == list(range(round(r.start * 25), round(r.end * 25)))
+        d = V.stream_durations(path)
+        assert d["video"] == pytest.approx(float(r.duration), abs=1e-6)
+        assert abs(d["audio"] - d["video"]) < 0.1
+
+
+def test_existing_output_needs_overwrite(sources: dict[str, Path], tmp_path: Path) -> None:
+    index = remux.index_media(sources["h264.mp4"])
+    target = tmp_path / "h264.cut.mp4"
+    target.write_bytes(b"keep me")
+    with pytest.raises(MilesDeepError, match="--overwrite"):
+        remux.cut_video(index, RANGES, tmp_path)
+    assert target.read_bytes() == b"keep me"
+    remux.cut_video(index, RANGES, tmp_path, overwrite=True)
+    assert V.read_frame_codes(target)
+
+
+def test_interrupt_in_process_leaves_nothing(sources: dict[str, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    index = remux.index_media(sources["h264.mp4"])
+    calls = {"n": 0}
+    real = remux._mux
+
+    def interrupted(output, packet) -> None:  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 50:
+            raise KeyboardInterrupt
+        real(output, packet)
+
+    monkeypatch.setattr(remux, "_mux", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        remux.cut_video(index, RANGES, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no final file, no temporary left behind
+
+
+def test_killed_mid_write_leaves_no_final_file(sources: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    """SIGKILL (no cleanup possible) while packets are being written: the final path must not
+    exist; only a hidden .part file may remain."""
+    src = sources["h264.mp4"]
+    script = textwrap.dedent(f"""
+        import sys, time
+        from fractions import Fraction as F
+        from pathlib import Path
+        from milesdeep.pipeline import remux
+        from milesdeep.pipeline.ranges import TimeRange
+        real, n = remux._mux, [0]
+        def slow(output, packet):
+            n[0] += 1
+            if n[0] == 20:
+                print("writing", flush=True)
+                time.sleep(60)
+            real(output, packet)
+        remux._mux = slow
+        index = remux.index_media(Path({str(src)!r}))
+        remux.cut_video(index, [TimeRange(F(0), F(10))], Path({str(tmp_path)!r}))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.05)
+    assert not (tmp_path / "h264.cut.mp4").exists()
+    assert all(p.name.startswith(".") and ".part" in p.name for p in tmp_path.iterdir())
+
+
+def test_unreadable_video_is_a_user_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(MilesDeepError, match="bad.mp4"):
+        remux.index_media(bad)
+
+
+def test_parameter_sets_are_restored_after_a_reencoded_run(sources: dict[str, Path]) -> None:
+    """A copied keyframe that follows re-encoded frames carries the original SPS/PPS."""
+    index = remux.index_media(sources["h264.mp4"])
+    plan = remux.plan_edit(index, RANGES, precise=True)
+    items = [i for s in plan.spans for i in s.items]
+    kinds = [type(i).__name__ for i in items]
+    assert "EncodeItem" in kinds and "CopyItem" in kinds
+    for before, item in zip(items, items[1:]):
+        if isinstance(item, remux.CopyItem):
+            assert item.prepend_parameter_sets == isinstance(before, remux.EncodeItem)
