@@ -39,8 +39,10 @@ MinCovOpt = Annotated[float, typer.Option("-v", "--min-coverage", min=0.0, max=1
 RateOpt = Annotated[float, typer.Option("--rate", min=0.001, max=1000.0,
                                         help="Samples per second of video")]
 SamplingOpt = Annotated[str, typer.Option("--sampling",
-                                          help="exact: every sample time; keyframes: "
-                                          "keyframes only, each held until the next")]
+                                          help="adaptive: keyframes, plus every sample time "
+                                          "where the class may change; exact: every sample "
+                                          "time; keyframes: keyframes only, each held until "
+                                          "the next")]
 BackendOpt = Annotated[str, typer.Option("--backend",
                                          help="auto, cpu or gpu (NVDEC + CuPy + TensorRT)")]
 

@@ -31,7 +31,7 @@ def summary_table(result: TagResult) -> Table:
 
 
 def check_sampling(sampling: str) -> str:
-    allowed = ("exact", "keyframes")
+    from milesdeep.pipeline.run import SAMPLING_MODES as allowed
     if sampling not in allowed:
         raise MilesDeepError(f"--sampling {sampling!r} is not one of: {', '.join(allowed)}")
     return sampling
@@ -47,7 +47,7 @@ def tag(
     labels: o.LabelsOpt = None,
     batch: o.BatchOpt = 32,
     output_dir: o.OutDirOpt = None,
-    sampling: o.SamplingOpt = "exact",
+    sampling: o.SamplingOpt = "adaptive",
     rate: o.RateOpt = 1.0,
     min_cut: o.MinCutOpt = 4,
     max_gap: o.MaxGapOpt = 2,

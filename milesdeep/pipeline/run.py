@@ -9,25 +9,31 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
-from milesdeep.pipeline.decode import PyAVSource, SamplingMode
+from milesdeep.pipeline.decode import PyAVSource
 from milesdeep.pipeline.frames import Sample
 from milesdeep.pipeline.infer import Classifier
 from milesdeep.pipeline.predictions import Predictions
 
 Progress = Callable[[float, float], None]  # (seconds of video done, seconds in all)
+Sampling = Literal["exact", "keyframes", "adaptive"]
+SAMPLING_MODES: tuple[str, ...] = ("adaptive", "exact", "keyframes")
 
 
 @dataclass
 class RunOptions:
     rate: float = 1.0
-    sampling: SamplingMode = "exact"
+    sampling: Sampling = "exact"
     batch: int = 32
     decode_threads: int = 0  # 0: FFmpeg chooses
+    # adaptive: refine around keyframes whose top two scores are within 2 * margin, or whose
+    # top score is within margin of the planner's 0.5 (see milesdeep.pipeline.adaptive).
+    adaptive_margin: float = 0.1
 
 
 @dataclass
@@ -137,6 +143,10 @@ def classify_video(
 ) -> Predictions:
     """Classify every sample of one video on the CPU path; returns per-sample probabilities."""
     options = options or RunOptions()
+    if options.sampling == "adaptive":
+        from milesdeep.pipeline.adaptive import classify_video_adaptive
+
+        return classify_video_adaptive(path, bundle, classifier, options, progress, times)
     times = times if times is not None else StageTimes()
     start = time.perf_counter()
     source = PyAVSource(Path(path), rate=options.rate, mode=options.sampling,

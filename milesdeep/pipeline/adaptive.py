@@ -1,0 +1,248 @@
+"""Adaptive sampling: keyframes first, full decoding only where the class may change.
+
+Decoding is the CPU path's cost (every frame of 1080p H.264 costs several times what the
+network does), and most of it is wasted: a cut made by stream copy starts at a keyframe anyway.
+So, in two passes over the file:
+
+1. Keyframes only (the decoder is fed keyframe packets alone): each keyframe is classified and
+   held for the sample slots up to the next keyframe, as `keyframes` sampling does.
+2. Wherever two neighbouring keyframes disagree (different winning class), or a keyframe's
+   scores are near the decision (top two within 2 * margin of each other, or the top score
+   within margin of `threshold`), the stretch that keyframe holds — and, for an uncertain one,
+   the stretch before it — is decoded fully: seek to the keyframe, decode to the stretch's last
+   slot, and take the picture on screen at every sample time by the same rule as `exact`
+   (`milesdeep.pipeline.decode`). Those per-slot results replace the held ones.
+
+Between two agreeing, confident keyframes the class is assumed constant; a change there and
+back inside one GOP is the one thing this can miss (the bench reports the agreement with
+`exact`). The last keyframe's stretch has no neighbour to compare with and is always decoded.
+Long GOPs are no special case: a stretch is whatever lies between two keyframes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from milesdeep.errors import MilesDeepError
+from milesdeep.models.bundle import ModelBundle
+from milesdeep.pipeline.decode import PyAVSource, frame_from_av, open_video
+from milesdeep.pipeline.frames import Sample
+from milesdeep.pipeline.infer import Classifier
+from milesdeep.pipeline.predictions import Predictions
+
+DEFAULT_MARGIN = 0.1
+DEFAULT_THRESHOLD = 0.5  # the planner's default min_score
+
+
+@dataclass(frozen=True)
+class Held:
+    """One pass-1 sample: keyframe at `pts` seconds, held for slots [index, index + hold)."""
+
+    index: int
+    hold: int
+    pts: float
+
+
+def uncertain(probs: np.ndarray, margin: float, threshold: float = DEFAULT_THRESHOLD
+              ) -> np.ndarray:
+    """Rows whose decision is fragile: the top two scores within 2 * margin of each other, or
+    the top score within margin of the planner's threshold."""
+    if probs.shape[1] < 2:
+        top = probs[:, 0]
+        return np.abs(top - threshold) < margin
+    part = np.sort(probs, axis=1)
+    top, second = part[:, -1], part[:, -2]
+    return ((top - second) < 2 * margin) | (np.abs(top - threshold) < margin)
+
+
+def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: float,
+                   threshold: float = DEFAULT_THRESHOLD) -> list[tuple[int, int, int]]:
+    """Slot ranges to decode fully, as (first slot, stop slot, index into `held` of the keyframe
+    to start decoding from), merged where they touch, in order."""
+    if not held:
+        return []
+    winners = probs.argmax(axis=1)
+    shaky = uncertain(probs, margin, threshold) if margin > 0 else np.zeros(len(held), bool)
+    refine = np.zeros(len(held), bool)
+    refine[:-1] |= winners[:-1] != winners[1:]
+    refine |= shaky
+    refine[:-1] |= shaky[1:]
+    # Nothing follows the last keyframe to compare it with: its stretch (one GOP per video) is
+    # always decoded.
+    refine[-1] = True
+    out: list[tuple[int, int, int]] = []
+    for j in np.flatnonzero(refine):
+        h = held[j]
+        a, b = h.index, h.index + h.hold
+        if out and j > 0 and out[-1][1] == a and refine[j - 1]:
+            # The previous stretch ends where this one starts: decode on through the keyframe.
+            out[-1] = (out[-1][0], b, out[-1][2])
+            continue
+        if abs(a / rate - h.pts) < 1e-6:
+            a += 1  # slot a shows the keyframe itself: pass 1 already has it exactly
+        if a < b:
+            out.append((a, b, int(j)))
+    return out
+
+
+class StretchSource:
+    """Yields one `Sample` per slot of each stretch, decoding from the keyframe before it."""
+
+    def __init__(self, source: PyAVSource, held: list[Held],
+                 stretches: list[tuple[int, int, int]]) -> None:
+        self.source = source
+        self.held = held
+        self.stretches = stretches
+        self.frames_decoded = 0
+
+    def __iter__(self) -> Iterator[Sample]:
+        container = open_video(self.source.path)
+        try:
+            vs = container.streams.video[0]
+            cc = vs.codec_context
+            cc.thread_type = "AUTO"
+            cc.thread_count = self.source.threads
+            for a, b, j in self.stretches:
+                yield from self._stretch(container, vs, a, b, self.held[j].pts)
+        finally:
+            container.close()
+
+    def _stretch(self, container, vs, a: int, b: int, key_pts: float) -> Iterator[Sample]:
+        import av
+
+        tb = vs.time_base
+        start = self.source.info.start
+        rate = self.source.rate
+        container.seek(int(round((key_pts + start) / tb)), stream=vs, backward=True)
+        vs.codec_context.flush_buffers()
+        i = a
+        prev = None  # (frame, seconds) on screen so far
+        converted: dict[int, object] = {}
+
+        def emit(holder, upto: int) -> Iterator[Sample]:
+            nonlocal i
+            frame, pts = holder
+            key = id(frame)
+            if key not in converted:
+                converted.clear()
+                converted[key] = frame_from_av(frame)
+            while i < upto:
+                yield Sample(index=i, time=i / rate, pts=pts, frame=converted[key])  # type: ignore[arg-type]
+                i += 1
+
+        def frames() -> Iterator:
+            for packet in container.demux(vs):
+                try:
+                    decoded = packet.decode()
+                except av.error.EOFError:
+                    return
+                except (av.error.InvalidDataError, ValueError, av.error.FFmpegError):
+                    continue
+                yield from decoded
+
+        for f in frames():
+            if f.pts is None:
+                continue
+            self.frames_decoded += 1
+            t = float(f.pts * tb) - start
+            if prev is not None and t <= prev[1]:
+                continue
+            if t < key_pts - 1e-6:
+                continue  # leading pictures of an open GOP, before the keyframe we asked for
+            # Slots whose time comes before this frame belong to the previous frame.
+            stop = i
+            while stop < b and stop / rate < t - 1e-9:
+                stop += 1
+            if stop > i:
+                yield from emit(prev if prev is not None else (f, t), stop)
+            if i >= b:
+                return
+            prev = (f, t)
+        if prev is None:
+            raise MilesDeepError(f"no picture could be decoded after seeking to {key_pts:.3f} s",
+                                 self.source.path)
+        yield from emit(prev, b)
+
+
+def classify_video_adaptive(
+    path: Path,
+    bundle: ModelBundle,
+    classifier: Classifier,
+    options=None,  # RunOptions (imported lazily: run.py imports this module)
+    progress=None,
+    times=None,
+) -> Predictions:
+    """`classify_video` with adaptive sampling; same inputs, same output."""
+    from milesdeep.pipeline.run import RunOptions, StageTimes, _threaded, classify_samples
+
+    options = options or RunOptions(sampling="adaptive")
+    times = times if times is not None else StageTimes()
+    t_start = time.perf_counter()
+    margin = getattr(options, "adaptive_margin", DEFAULT_MARGIN)
+    source = PyAVSource(Path(path), rate=options.rate, mode="keyframes",
+                        threads=options.decode_threads)
+    duration = source.info.duration or 0.0
+    n_expected = source.expected_samples
+
+    held: list[Held] = []
+    key_rows: list[np.ndarray] = []
+
+    def on_keys(batch: list[Sample], probs: np.ndarray) -> None:
+        for s, p in zip(batch, probs):
+            held.append(Held(s.index, s.hold, s.pts))
+            key_rows.append(p)
+        if progress is not None and duration > 0:
+            last = batch[-1]
+            progress(0.5 * min((last.index + last.hold) / options.rate, duration), duration)
+
+    classify_samples(_threaded(source, 2 * options.batch, times), bundle, classifier,
+                     options.batch, times, on_keys)
+    if not held:
+        raise MilesDeepError("no samples could be taken from the video", path)
+    key_probs = np.stack(key_rows).astype(np.float32)
+    n = max(n_expected, held[-1].index + held[-1].hold)
+    probs = np.empty((n, len(bundle.labels)), dtype=np.float32)
+    for h, p in zip(held, key_probs):
+        probs[h.index: h.index + h.hold] = p
+
+    t0 = time.perf_counter()
+    stretches = plan_stretches(held, key_probs, options.rate, margin)
+    times.extra["adaptive_planning"] = times.extra.get("adaptive_planning", 0.0) + (
+        time.perf_counter() - t0)
+    to_refine = sum(b - a for a, b, _ in stretches)
+    times.extra["refined_slots"] = float(to_refine)
+    times.extra["keyframes"] = float(len(held))
+
+    refined = StretchSource(source, held, stretches)
+    done = 0
+
+    def on_refined(batch: list[Sample], p: np.ndarray) -> None:
+        nonlocal done
+        for s, row in zip(batch, p):
+            probs[s.index] = row
+        done += len(batch)
+        if progress is not None and duration > 0:
+            progress(duration * (0.5 + 0.5 * done / max(1, to_refine)), duration)
+
+    if stretches:
+        classify_samples(_threaded(refined, 2 * options.batch, times), bundle, classifier,
+                         options.batch, times, on_refined)
+    if done != to_refine:
+        raise RuntimeError(f"adaptive pass 2 gave {done} of {to_refine} slots")
+    times.frames_decoded = source.stats.frames_decoded + refined.frames_decoded
+    times.decode_errors = source.stats.decode_errors
+    times.total += time.perf_counter() - t_start
+    if progress is not None and duration > 0:
+        progress(duration, duration)
+    return Predictions(
+        labels=tuple(bundle.labels),
+        times=np.arange(n, dtype=np.float64) / options.rate,
+        probs=probs,
+        rate=options.rate,
+        duration=duration if duration > 0 else source.stats.end_time,
+    )

@@ -1,0 +1,114 @@
+"""Adaptive sampling: keyframes first, full decoding only where the class may change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from milesdeep.models.bundle import load_bundle
+from milesdeep.pipeline.adaptive import Held, plan_stretches, uncertain
+from milesdeep.pipeline.infer import OrtClassifier
+from milesdeep.pipeline.run import RunOptions, StageTimes, classify_video
+from tests.testdata import COLOURS, colour_bundle, colour_video, encode_frames, solid
+
+# 10 fps, a keyframe every 40 frames (4 s): class changes fall inside GOPs, at odd seconds.
+PATTERN = ["red"] * 5 + ["blue"] * 6 + ["green"] * 3 + ["red"] * 7 + ["gray"] * 3
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("adaptive")
+    bundle = load_bundle(colour_bundle(d / "bundle"))
+    return bundle, OrtClassifier(bundle, threads=1)
+
+
+def fixed_gop_video(path: Path, pattern: list[str], fps: int, gop: int) -> Path:
+    """Like `colour_video`, with keyframes strictly every `gop` frames (no scene-cut ones)."""
+    frames = [solid(COLOURS[name]) for name in pattern for _ in range(fps)]
+    pts = [round(k * 1000 / fps) for k in range(len(frames))]
+    return encode_frames(path, frames, pts, gop=gop,
+                         options={"sc_threshold": "0", "keyint_min": str(gop)})
+
+
+@pytest.fixture(scope="module")
+def long_gop_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fixed_gop_video(tmp_path_factory.mktemp("v") / "long_gop.mp4", PATTERN, 10, 40)
+
+
+def labels_of(preds) -> list[str]:
+    return [preds.labels[k] for k in preds.probs.argmax(axis=1)]
+
+
+def run(video: Path, colours, sampling: str, **kw) -> tuple[object, StageTimes]:
+    bundle, clf = colours
+    times = StageTimes()
+    preds = classify_video(video, bundle, clf, RunOptions(sampling=sampling, batch=8, **kw),  # type: ignore[arg-type]
+                           times=times)
+    return preds, times
+
+
+def test_adaptive_matches_exact_with_long_gops_and_decodes_less(long_gop_video: Path,
+                                                                colours) -> None:
+    exact, t_exact = run(long_gop_video, colours, "exact")
+    keys, _ = run(long_gop_video, colours, "keyframes")
+    adaptive, t_adapt = run(long_gop_video, colours, "adaptive")
+    assert labels_of(exact) == PATTERN
+    # Keyframes alone get the changes wrong (each keyframe is held for 4 s) ...
+    assert labels_of(keys) != PATTERN
+    # ... adaptive gets every second right, with the same probabilities as exact there.
+    assert labels_of(adaptive) == PATTERN
+    np.testing.assert_allclose(adaptive.probs, exact.probs, atol=1e-5)
+    assert adaptive.times.tolist() == exact.times.tolist()
+    assert adaptive.duration == pytest.approx(exact.duration)
+    # Keyframes at 0 red, 4 blue, 8 blue, 12 green, 16 red, 20 red: the GOPs at 0, 8, 12 and
+    # 20 (red -> gray at 21 s, after the last keyframe) must be refined; 4..8 and 16..20 not.
+    assert t_adapt.frames_decoded < t_exact.frames_decoded
+    assert 0 < t_adapt.extra["refined_slots"] < len(PATTERN)
+    assert t_adapt.samples < t_exact.samples + len(PATTERN) // 2
+
+
+def test_adaptive_at_two_samples_per_second(long_gop_video: Path, colours) -> None:
+    exact, _ = run(long_gop_video, colours, "exact", rate=2.0)
+    adaptive, _ = run(long_gop_video, colours, "adaptive", rate=2.0)
+    assert labels_of(adaptive) == labels_of(exact)
+    assert len(adaptive.times) == 2 * len(PATTERN)
+
+
+def test_constant_class_decodes_keyframes_only(tmp_path: Path, colours) -> None:
+    video = colour_video(tmp_path / "blue.mp4", ["blue"] * 9, fps=10, gop=20)
+    preds, times = run(video, colours, "adaptive")
+    assert labels_of(preds) == ["blue"] * 9
+    # Only the last GOP (8 s, slot 8 is the keyframe itself) ... which has no other slot.
+    assert times.extra["refined_slots"] == 0
+    assert times.frames_decoded == 5  # keyframes at 0, 2, 4, 6, 8 s
+
+
+def test_uncertain_rows() -> None:
+    p = np.array([[0.9, 0.1], [0.55, 0.45], [0.42, 0.58], [0.05, 0.95]], np.float32)
+    assert uncertain(p, 0.1).tolist() == [False, True, True, False]
+    assert uncertain(p, 0.0).tolist() == [False, False, False, False]
+    # Three classes: the top score far from the runner-up but near the threshold.
+    q = np.array([[0.52, 0.24, 0.24], [0.8, 0.1, 0.1]], np.float32)
+    assert uncertain(q, 0.1).tolist() == [True, False]
+
+
+def test_plan_stretches_disagreement_uncertainty_and_merging() -> None:
+    # Keyframes every 2 s at whole seconds, 1 sample per second: slot 2k shows keyframe k.
+    held = [Held(2 * k, 2, 2.0 * k) for k in range(6)]
+    a, b = [0.9, 0.1], [0.1, 0.9]
+    shaky = [0.55, 0.45]
+    probs = np.array([a, a, b, b, shaky, a], np.float32)
+    # 1|2 disagree -> slots of keyframe 1 (2..3, slot 2 is the keyframe itself: 3..4).
+    # Keyframe 4 is uncertain -> stretches of keyframes 3 and 4; the last keyframe's stretch
+    # is always refined; 3, 4, 5 touch, so one run decodes 7..12 through keyframes 4 and 5.
+    assert plan_stretches(held, probs, 1.0, 0.1) == [(3, 4, 1), (7, 12, 3)]
+    # With no margin only the disagreement counts (3|4: b vs shaky-a also disagree).
+    assert plan_stretches(held, probs, 1.0, 0.0) == [(3, 4, 1), (7, 8, 3), (11, 12, 5)]
+    # Keyframes off the sample grid: the keyframe's own slot must be decoded too.
+    held2 = [Held(0, 3, 0.0), Held(3, 2, 2.5), Held(5, 2, 4.5)]
+    probs2 = np.array([a, b, b], np.float32)
+    assert plan_stretches(held2, probs2, 1.0, 0.0) == [(1, 3, 0), (5, 7, 2)]
+    probs3 = np.array([a, b, a], np.float32)
+    assert plan_stretches(held2, probs3, 1.0, 0.0) == [(1, 7, 0)]
