@@ -21,12 +21,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "miles_deep_model"
 TOL = 1e-4
 
 
-def fill_weights(net, rng: np.random.Generator, bn_factor: float = 0.999) -> None:
+def fill_weights(net, rng: np.random.Generator, bn_factor: float = 0.999,
+                 factor_blob: float | None = None) -> None:
     """Random parameter blobs of the shapes each layer needs, written into `net` in place.
 
     Convolution and InnerProduct weights are N(0, 1/fan_in) (so activations stay O(1) through
     a deep net), BatchNorm statistics are stored as Caffe does (running sums times the scale
-    factor blob), Scale gammas and betas are far from 1 and 0.
+    factor blob; `factor_blob` overrides that blob alone), Scale gammas and betas are far from
+    1 and 0.
     """
     shapes = param_shapes(net, Path("net.prototxt"))
     by_name = {layer.name: layer for layer in net.layer}
@@ -35,7 +37,7 @@ def fill_weights(net, rng: np.random.Generator, bn_factor: float = 0.999) -> Non
         if layer.type == "BatchNorm":
             c = wanted[0][0]
             arrs = [rng.normal(0, 0.5, c) * bn_factor, rng.uniform(0.5, 2.0, c) * bn_factor,
-                    np.array([bn_factor])]
+                    np.array([bn_factor if factor_blob is None else factor_blob])]
         elif layer.type == "Scale":
             arrs = [rng.uniform(0.5, 1.5, wanted[0])]
             arrs += [rng.normal(0, 0.2, s) for s in wanted[1:]]
@@ -495,3 +497,49 @@ def test_tag_with_an_imported_model_uses_its_labels(tmp_path: Path,
     (tmp_path / "model" / "labels.txt").write_text("red\nblue\n")
     assert run_app(["tag", str(video), "-o", str(tmp_path / "out3")]) == 1
     assert not (tmp_path / "out3" / "v.tag").exists()
+
+
+def test_batchnorm_scale_factor_zero_means_no_statistics(tmp_path: Path) -> None:
+    """Caffe reads a zero scale-factor blob as "no statistics": mean and variance 0."""
+    proto = tmp_path / "bn.prototxt"
+    proto.write_text('name: "bn"\n' + INPUT.format(h=5, w=4)
+                     + _layer("bn", "BatchNorm", ["data"], "bn", "batch_norm_param { eps: 0.01 }"))
+    write_caffemodel(proto, tmp_path / "bn.caffemodel", seed=4, factor_blob=0.0)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 5, 4)).astype(np.float32)
+    ours = run_ours(proto, tmp_path / "bn.caffemodel", x, vector=False)
+    assert np.allclose(ours, x / np.sqrt(np.float32(0.01)), rtol=1e-5)
+    ref = run_opencv(proto, tmp_path / "bn.caffemodel", x)
+    assert np.abs(ours - ref.reshape(ours.shape)).max() < TOL
+
+
+def caffe_ave_pool(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:
+    """Caffe's AVE pooling, line for line: the divisor counts the window up to the padded
+    bound (size + pad), the sum only the real input."""
+    n, c, h, w = x.shape
+    oh = caffe_pooled_size(h, k, p, s, bool(p))
+    ow = caffe_pooled_size(w, k, p, s, bool(p))
+    out = np.zeros((n, c, oh, ow), np.float64)
+    for i in range(oh):
+        for j in range(ow):
+            hs, ws = i * s - p, j * s - p
+            he, we = min(hs + k, h + p), min(ws + k, w + p)
+            size = (he - hs) * (we - ws)
+            hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
+            out[:, :, i, j] = x[:, :, hs:he, ws:we].sum(axis=(2, 3)) / size
+    return out
+
+
+@pytest.mark.parametrize("h,w,k,s,p", [(8, 8, 3, 2, 1), (14, 15, 3, 3, 1), (7, 9, 2, 2, 0),
+                                       (6, 6, 3, 2, 0), (9, 7, 4, 3, 2)])
+def test_ave_pooling_follows_caffes_divisor(tmp_path: Path, h: int, w: int, k: int, s: int,
+                                            p: int) -> None:
+    proto = tmp_path / "pool.prototxt"
+    proto.write_text('name: "pool"\n' + INPUT.format(h=h, w=w)
+                     + _layer("ap", "Pooling", ["data"], "ap", f"pooling_param {{ pool: AVE "
+                              f"kernel_size: {k} stride: {s} pad: {p} }}"))
+    write_caffemodel(proto, tmp_path / "pool.caffemodel", seed=0)
+    x = np.random.default_rng(3).uniform(0, 1, (1, 3, h, w)).astype(np.float32)
+    ours = run_ours(proto, tmp_path / "pool.caffemodel", x, vector=False)
+    want = caffe_ave_pool(x.astype(np.float64), k, s, p)
+    assert ours.shape == want.shape
+    assert np.abs(ours - want).max() < 1e-6
