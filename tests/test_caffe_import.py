@@ -358,6 +358,13 @@ def test_unsupported_layers_and_formats_are_named(tmp_path: Path) -> None:
                                          "convolution_param { num_output: 2 kernel_size: 2 }")
                  + _layer("th", "Threshold", ["u"], "t", "threshold_param { threshold: 1 }"))
     assert "'up'" in msg and "Deconvolution" in msg
+    # layers outside the TEST phase are not part of the deploy net
+    train_only = _layer("sig", "Sigmoid", ["data"], "sig", "include { phase: TRAIN }")
+    proto = tmp_path / "phases.prototxt"
+    proto.write_text(head + train_only + _layer("r", "ReLU", ["data"], "r"))
+    assert "sig" not in param_shapes(read_prototxt(proto), proto)
+    msg = _error(tmp_path, head + train_only.replace("TRAIN", "TEST"))
+    assert "'sig'" in msg and "'Sigmoid'" in msg
     msg = _error(tmp_path, 'layers { name: "conv1" type: CONVOLUTION bottom: "data" }')
     assert "V1" in msg and "'conv1'" in msg
     msg = _error(tmp_path, head + _layer("s", "Softmax", ["data"], "p", "softmax_param { ax: 1 }"))

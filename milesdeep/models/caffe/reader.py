@@ -36,11 +36,32 @@ def _refuse_v1(net: Any, path: Path) -> None:
         )
 
 
+TEST = 1  # caffe.Phase.TEST
+
+
+def _rule_matches(rule: Any) -> bool:
+    """Does a NetStateRule match a deploy net's state (phase TEST, level 0, no stages)?"""
+    if rule.HasField("phase") and rule.phase != TEST:
+        return False
+    if rule.HasField("min_level") and rule.min_level > 0:
+        return False
+    if rule.HasField("max_level") and rule.max_level < 0:
+        return False
+    return not len(rule.stage)
+
+
+def in_test_net(layer: Any) -> bool:
+    """Is the layer part of the net Caffe builds for inference (include/exclude rules)?"""
+    if len(layer.include):
+        return any(_rule_matches(r) for r in layer.include)
+    return not any(_rule_matches(r) for r in layer.exclude)
+
+
 def refuse_unsupported(net: Any, path: Path) -> None:
     """One clear error naming the first layer the converter cannot handle."""
     _refuse_v1(net, path)
     for layer in net.layer:
-        if layer.type not in SUPPORTED_TYPES:
+        if layer.type not in SUPPORTED_TYPES and in_test_net(layer):
             raise MilesDeepError(
                 f"layer {layer.name!r} has type {layer.type!r}, which milesdeep cannot import "
                 f"(supported: {', '.join(sorted(SUPPORTED_TYPES))})",
@@ -64,8 +85,8 @@ def read_prototxt(path: Path) -> Any:
             lenient = None
         if lenient is not None:
             refuse_unsupported(lenient, path)
-        raise MilesDeepError(f"not a Caffe net definition this importer reads: {strict_error}",
-                             path) from None
+        raise MilesDeepError(f"not a Caffe deploy definition this importer reads (give the "
+                             f"deploy.prototxt, not train_val): {strict_error}", path) from None
     refuse_unsupported(net, path)
     return net
 

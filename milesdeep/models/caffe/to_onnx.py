@@ -19,12 +19,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from milesdeep.errors import MilesDeepError
-from milesdeep.models.caffe.reader import blob_array
+from milesdeep.models.caffe.reader import blob_array, in_test_net
 
 OPSET = 13
 IR_VERSION = 8  # what opset 13 shipped with: readable by older ONNX Runtime and TensorRT parsers
 BATCH = "N"
-TEST = 1  # caffe.Phase.TEST
 # PoolingParameter enums
 MAX, AVE = 0, 1
 FLOOR = 1
@@ -46,23 +45,6 @@ class Converted:
     output_name: str
     num_outputs: int  # scores per sample
     ends_in_softmax: bool
-
-
-def _rule_matches(rule: Any) -> bool:
-    """Does a NetStateRule match a deploy net's state (phase TEST, level 0, no stages)?"""
-    if rule.HasField("phase") and rule.phase != TEST:
-        return False
-    if rule.HasField("min_level") and rule.min_level > 0:
-        return False
-    if rule.HasField("max_level") and rule.max_level < 0:
-        return False
-    return not len(rule.stage)
-
-
-def _in_test_net(layer: Any) -> bool:
-    if len(layer.include):
-        return any(_rule_matches(r) for r in layer.include)
-    return not any(_rule_matches(r) for r in layer.exclude)
 
 
 def _pair(single: Sequence[int], h_set: bool, h: int, w_set: bool, w: int, default: int,
@@ -124,7 +106,7 @@ def _input_shape(net: Any, where: Path) -> tuple[str, list[int]]:
             dims = [int(d) for d in net.input_dim[4 * i: 4 * i + 4]]
         found.append((name, dims))
     for layer in net.layer:
-        if layer.type == "Input" and _in_test_net(layer):
+        if layer.type == "Input" and in_test_net(layer):
             shapes = list(layer.input_param.shape)
             for j, top in enumerate(layer.top):
                 shp = shapes[j] if len(shapes) > j else (shapes[0] if shapes else None)
@@ -213,7 +195,7 @@ def param_shapes(net: Any, where: Path) -> dict[str, list[tuple[int, ...]]]:
 
 def _build(net: Any, weights_net: Any | None, where: Path,
            vector_output: bool = True) -> tuple[Converted, _Builder]:
-    layers = [x for x in net.layer if _in_test_net(x) and x.type != "Input"]
+    layers = [x for x in net.layer if in_test_net(x) and x.type != "Input"]
     weights: dict[str, list[Any]] | None = None
     if weights_net is not None:
         weights = {x.name: list(x.blobs) for x in weights_net.layer if len(x.blobs)}
