@@ -268,8 +268,10 @@ def _build(net: Any, weights_net: Any | None, where: Path,
 def _convert_layer(layer: Any, ins: list[str], b: _Builder, weights: Weights,
                    scale: Any | None) -> list[str]:
     t = layer.type
+    if not ins or not len(layer.top):
+        raise ValueError("it needs a bottom and a top")
     shp = b.shape[ins[0]]
-    name = layer.top[0] if len(layer.top) else layer.name
+    name = layer.top[0]
     if t in ("ReLU", "Dropout", "Softmax", "LRN", "BatchNorm", "Scale", "Flatten",
              "Convolution", "Pooling", "InnerProduct") and len(ins) != 1:
         raise ValueError(f"it has {len(ins)} bottoms; one is supported")
@@ -469,12 +471,12 @@ def _eltwise(layer: Any, ins: list[str], b: _Builder, name: str) -> str:
         return b.node("Sum", terms, name, shp, "Eltwise")
     if len(p.coeff):
         raise ValueError("coeff is only allowed with operation SUM")
-    op = {PROD: "Mul", EMAX: "Max"}[int(p.operation)]
-    y = ins[0]
-    if op == "Max":
+    if p.operation == EMAX:
         return b.node("Max", ins, name, shp, "Eltwise")
+    y = ins[0]  # PROD: a chain of two-input Mul nodes
     for j, x in enumerate(ins[1:], start=1):
-        y = b.node(op, [y, x], name if j == len(ins) - 1 else f"{name}_prod{j}", shp, "Eltwise")
+        y = b.node("Mul", [y, x], name if j == len(ins) - 1 else f"{name}_prod{j}", shp,
+                   "Eltwise")
     return y
 
 
