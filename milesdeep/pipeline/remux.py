@@ -383,6 +383,8 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
         if reason:
             notes.append(f"--precise: {reason}; cutting at keyframes instead")
             precise = False
+    notes += [f"left out {what}: only video, audio and subtitles are carried"
+              for what in index.skipped]
     spans = (_precise_spans if precise else _keyframe_spans)(index, ranges, merge)
     out_start, outs = 0, []
     video_out: list[int] = []

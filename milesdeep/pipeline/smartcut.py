@@ -10,9 +10,12 @@ parameter sets right:
 - In MP4/Matroska the stream's SPS/PPS live in the container's `avcC` record and packets are
   length-prefixed NAL units. libx264 opened without a global header writes its own SPS/PPS
   in-band (Annex B, start codes) before its first frame; we convert its packets to the stream's
-  length-prefixed form and keep those in-band parameter sets.
+  length-prefixed form and keep those in-band parameter sets. (MPEG-TS and other Annex B
+  streams keep start codes; their extradata, if any, is Annex B too.)
 - After a re-encoded run the decoder still holds libx264's parameter sets, so the first copied
-  keyframe that follows gets the original SPS/PPS (from `avcC`) prepended in-band.
+  keyframe that follows gets the original SPS/PPS (from the extradata) prepended in-band.
+  FFmpeg's decoder switches parameter sets in-band; a player that only reads `avcC` once
+  (some hardware decoders) may not, which is the price of not re-encoding whole GOPs.
 - The re-encoded frames have no B-frames and start with an IDR frame; every copied GOP starts
   at an IDR keyframe (closed GOP), so nothing references across a splice. Streams with open
   GOPs (non-IDR keyframes whose leading pictures reference the previous GOP) can show damage

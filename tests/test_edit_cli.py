@@ -1,0 +1,186 @@
+"""`miles-deep edit` end to end: targets, --remove, -c, --margin, --precise, exports, safety."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from milesdeep.cli.app import run_app
+from milesdeep.pipeline.export import read_timeline, timeline_ranges
+from milesdeep.pipeline.predictions import Predictions, write_predictions_csv
+from tests import videos as V
+from tests.testdata import colour_bundle
+
+FPS = 25
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return V.flash_beep_video(tmp_path_factory.mktemp("m") / "v.mp4", seconds=12, fps=FPS)
+
+
+@pytest.fixture
+def video(master: Path, tmp_path: Path) -> Iterator[Path]:
+    """A fresh copy per test; its bytes must be unchanged when the test ends."""
+    path = tmp_path / "v.mp4"
+    shutil.copyfile(master, path)
+    before = sha(path)
+    yield path
+    assert sha(path) == before
+
+
+def predictions_csv(path: Path, winners: str, labels: tuple[str, str] = ("a", "b")) -> Path:
+    """One sample per second; winners[i] names the label that wins second i (0.9)."""
+    probs = np.array([[0.9, 0.1] if w == "a" else [0.1, 0.9] for w in winners], np.float32)
+    preds = Predictions(labels, np.arange(len(winners), dtype=np.float64), probs, 1.0,
+                        float(len(winners)))
+    return write_predictions_csv(path, preds)
+
+
+@pytest.fixture
+def csv(tmp_path: Path) -> Path:
+    # "b" wins seconds 2..7: one cut, kept as [2, 8).
+    return predictions_csv(tmp_path / "p.csv", "aabbbbbbaaaa")
+
+
+def edit(*args: str | Path) -> int:
+    return run_app(["edit", *map(str, args)])
+
+
+def names(d: Path) -> set[str]:
+    return {p.name for p in d.iterdir()}
+
+
+def test_keep_target_precise(video: Path, csv: Path) -> None:
+    assert edit(video, "--from-predictions", csv, "-t", "b", "--precise") == 0
+    out = video.with_name("v.cut.mp4")
+    assert V.read_frame_codes(out) == list(range(2 * FPS, 8 * FPS))
+    d = V.stream_durations(out)
+    assert d["video"] == pytest.approx(6.0) and abs(d["audio"] - 6.0) < 0.1
+
+
+def test_keep_target_keyframes_reports_boundaries(video: Path, csv: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert edit(video, "--from-predictions", csv, "-t", "b") == 0
+    err = capsys.readouterr().err
+    assert "planned 0:00:02.000-0:00:08.000 -> actual" in err
+    codes = V.read_frame_codes(video.with_name("v.cut.mp4"))
+    assert codes[0] <= 2 * FPS and codes[-1] >= 8 * FPS - 1
+    assert codes == list(range(codes[0], codes[-1] + 1))
+
+
+def test_remove_gives_the_rest(video: Path, csv: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "clean"
+    assert edit(video, "--from-predictions", csv, "-t", "b", "--remove", "--precise",
+                "-o", out_dir) == 0
+    codes = V.read_frame_codes(out_dir / "v.cut.mp4")
+    assert codes == list(range(0, 2 * FPS)) + list(range(8 * FPS, 12 * FPS))
+
+
+def test_pieces_and_margin(video: Path, tmp_path: Path) -> None:
+    csv2 = predictions_csv(tmp_path / "p2.csv", "abbbbbbaaaaa")  # needs 6 samples: [1, 7)
+    assert edit(video, "--from-predictions", csv2, "-t", "b", "-c", "--precise",
+                "--margin", "0.4") == 0
+    piece = tmp_path / "v.cut" / "v.cut.1.mp4"
+    assert names(tmp_path / "v.cut") == {"v.cut.1.mp4"}
+    codes = V.read_frame_codes(piece)
+    assert codes == list(range(round(0.6 * FPS), round(7.4 * FPS)))
+
+
+def test_unknown_label_lists_the_labels(video: Path, csv: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    before = names(video.parent)
+    assert edit(video, "--from-predictions", csv, "-t", "b,zebra") == 1
+    err = capsys.readouterr().err.strip()
+    assert "zebra" in err and "a, b" in err and len(err.splitlines()) == 1
+    assert names(video.parent) == before
+
+
+def test_no_cuts_writes_nothing(video: Path, csv: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    before = names(video.parent)
+    assert edit(video, "--from-predictions", csv, "-t", "a") == 0  # "a" runs are too short
+    assert "no cuts found" in capsys.readouterr().err
+    assert names(video.parent) == before
+
+
+def test_default_targets_need_an_other_label(video: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    csv_ab = predictions_csv(tmp_path / "ab.csv", "aabbbbbbaaaa")
+    assert edit(video, "--from-predictions", csv_ab) == 1
+    assert "-t" in capsys.readouterr().err
+    # Labels of the built-in model: its "other" label (sfw) is left out, nsfw is cut.
+    csv_nsfw = predictions_csv(tmp_path / "n.csv", "aabbbbbbaaaa", labels=("sfw", "nsfw"))
+    assert edit(video, "--from-predictions", csv_nsfw, "-x", "--precise") == 0
+    assert V.read_frame_codes(video.with_name("v.cut.mp4")) == list(range(2 * FPS, 8 * FPS))
+
+
+def test_overwrite_is_explicit(video: Path, csv: Path) -> None:
+    out = video.with_name("v.cut.mp4")
+    out.write_bytes(b"mine")
+    assert edit(video, "--from-predictions", csv, "-t", "b") == 1
+    assert out.read_bytes() == b"mine"
+    assert edit(video, "--from-predictions", csv, "-t", "b", "--overwrite") == 0
+    assert V.read_frame_codes(out)
+
+
+@pytest.mark.parametrize("kind,ext", [("otio", ".otio"), ("edl", ".edl"),
+                                      ("fcpxml", ".fcpxml")])
+def test_export_round_trips(video: Path, csv: Path, kind: str, ext: str) -> None:
+    assert edit(video, "--from-predictions", csv, "-t", "b", "--remove", "--export",
+                kind) == 0
+    path = video.with_name("v.cut" + ext)
+    assert not video.with_name("v.cut.mp4").exists()  # a timeline, not a render
+    timeline = read_timeline(path, kind, frame_rate=FPS)
+    assert timeline_ranges(timeline) == [(0, 2 * FPS), (8 * FPS, 12 * FPS)]
+    if kind == "otio":
+        clip = next(iter(timeline.find_clips()))
+        assert clip.media_reference.target_url == video.resolve().as_uri()
+
+
+@pytest.mark.parametrize("name", ["-lead dash.mp4", "it's \"q\" $(touch pwned).mp4",
+                                  "ünïcødé 名前.mp4"])
+def test_awkward_file_names(master: Path, tmp_path: Path, csv: Path, name: str) -> None:
+    path = tmp_path / name
+    shutil.copyfile(master, path)
+    assert run_app(["edit", "--from-predictions", str(csv), "-t", "b", "--precise", "--",
+                    str(path)]) == 0
+    out = tmp_path / (path.stem + ".cut.mp4")
+    assert V.read_frame_codes(out) == list(range(2 * FPS, 8 * FPS))
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_wmv_outputs(tmp_path: Path, csv: Path) -> None:
+    # H.264 named .wmv: written as .mkv, as the original did.
+    h264 = V.flash_beep_video(tmp_path / "h.wmv", seconds=12, codecs=("libx264", "aac"),
+                              bframes=0)
+    assert edit(h264, "--from-predictions", csv, "-t", "b") == 0
+    assert (tmp_path / "h.cut.mkv").exists() and V.read_frame_codes(tmp_path / "h.cut.mkv")
+    # Real WMV (WMV2 + WMA2): FFmpeg's Matroska muxer refuses these codecs, so it stays ASF.
+    wmv = V.flash_beep_video(tmp_path / "w.wmv", seconds=12)
+    before = sha(wmv)
+    assert edit(wmv, "--from-predictions", csv, "-t", "b", "--precise") == 0
+    out = tmp_path / "w.cut.wmv"
+    codes = V.read_frame_codes(out)
+    assert codes == list(range(codes[0], codes[-1] + 1)) and codes[0] <= 2 * FPS
+    assert sha(wmv) == before
+
+
+def test_with_a_model_end_to_end(tmp_path: Path) -> None:
+    """Classify with a real (tiny) ONNX model: red seconds are cut, noise reads as gray."""
+    bundle = colour_bundle(tmp_path / "bundle")
+    video = V.two_class_video(tmp_path / "c.mp4", pattern="BBAAAAAABBBB", fps=10,
+                              colour=(255, 0, 0), gop=10)
+    before = sha(video)
+    assert edit(video, "--model", bundle, "--precise", "--backend", "cpu") == 0
+    assert V.read_frame_codes(tmp_path / "c.cut.mp4") == list(range(20, 80))
+    assert sha(video) == before
