@@ -6,12 +6,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from milesdeep.batch.cli import ForceOpt, FromListOpt, JobsOpt, gather_inputs, run_cli_batch
+from milesdeep.batch.runner import FileOutcome
+from milesdeep.batch.tag_job import TagJob
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
 from milesdeep.errors import MilesDeepError
-from milesdeep.jobs import TagResult, tag_from_predictions, tag_video
+from milesdeep.jobs import TagResult, tag_from_predictions
 from milesdeep.pipeline.planner import PlanParams
 from milesdeep.pipeline.run import RunOptions
 
@@ -39,7 +43,9 @@ def check_sampling(sampling: str) -> str:
 
 @app.command()
 def tag(
-    videos: Annotated[list[Path] | None, typer.Argument(help="Video file(s)")] = None,
+    videos: Annotated[list[Path] | None,
+                      typer.Argument(help="Video files and folders (searched recursively)")
+                      ] = None,
     model: o.ModelOpt = None,
     prototxt: o.ProtoOpt = None,
     weights: o.WeightsOpt = None,
@@ -59,8 +65,15 @@ def tag(
         typer.Option("--from-predictions", help="Re-plan from a saved predictions CSV "
                      "(no video, no network)"),
     ] = None,
+    from_list: FromListOpt = None,
+    force: ForceOpt = False,
+    jobs: JobsOpt = 1,
 ) -> None:
-    """Classify every second of VIDEO and write <stem>.tag and <stem>.predictions.csv."""
+    """Classify every second of VIDEO and write <stem>.tag and <stem>.predictions.csv.
+
+    Many videos (and folders) run with one model load; a rerun skips the files a previous run
+    finished (state in .milesdeep-state.sqlite beside the outputs); a failed file is reported
+    and the run goes on; exit status 0 only if no file failed."""
     params = PlanParams(min_cut, max_gap, min_score, min_coverage)
     if from_predictions is not None:
         if videos:
@@ -71,30 +84,15 @@ def tag(
         for path in result.outputs:
             console.print(f"wrote {path}")
         return
-    if not videos:
-        raise MilesDeepError("no video given: miles-deep tag VIDEO [VIDEO...]")
+    paths = gather_inputs(videos, from_list, "miles-deep tag VIDEO|FOLDER [...]")
     options = RunOptions(rate=rate, sampling=check_sampling(sampling), batch=batch)  # type: ignore[arg-type]
     bundle = o.resolve_model_options(model, prototxt, weights, mean, labels)
-    from milesdeep.cli.progress import video_progress
-    from milesdeep.pipeline.decode import probe
-    from milesdeep.pipeline.infer import OrtClassifier
+    job = TagJob(bundle, options, params, output_dir, plot)
 
-    classifier = OrtClassifier(bundle)
-    failed = 0
-    for video in videos:
-        try:
-            info = probe(video)
-            with video_progress(console, video.name, info.duration) as progress:
-                result = tag_video(video, bundle, classifier, options=options, params=params,
-                                   out_dir=output_dir, plot=plot, progress=progress)
-        except MilesDeepError as e:
-            if len(videos) == 1:
-                raise
-            failed += 1
-            console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
-            continue
-        console.print(summary_table(result))
-        for path in result.outputs:
-            console.print(f"wrote {path}")
-    if failed:
-        raise typer.Exit(1)
+    def report(outcome: FileOutcome) -> None:
+        if len(paths) == 1 and outcome.status == "done":  # one video: its own summary
+            console.print(summary_table(outcome.detail))
+            for path in outcome.outputs:
+                console.print(f"wrote {escape(str(path))}", soft_wrap=True)
+
+    run_cli_batch(job, paths, force=force, jobs=jobs, out_dir=output_dir, report=report)

@@ -1,0 +1,67 @@
+"""The batch options every many-file command shares, and the few lines that run one.
+
+A command adopts batch runs with:
+
+    videos: Annotated[list[Path] | None, typer.Argument(...)] = None,
+    from_list: FromListOpt = None, force: ForceOpt = False, jobs: JobsOpt = 1,
+    ...
+    run_cli_batch(MyJob(...), videos, from_list, force=force, jobs=jobs, out_dir=output_dir)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from milesdeep.batch.inputs import expand_inputs
+from milesdeep.batch.job import BatchJob
+from milesdeep.batch.runner import BatchSummary, FileOutcome, run_batch
+from milesdeep.errors import MilesDeepError
+
+FromListOpt = Annotated[
+    Path | None,
+    typer.Option("--from-list", help="Also process the paths listed in this file, one a line "
+                 "(or NUL-separated, as find -print0 writes)"),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Process files again even if a previous run finished them "
+                 "with the same model and options"),
+]
+JobsOpt = Annotated[
+    int,
+    typer.Option("-j", "--jobs", min=1, max=256,
+                 help="Worker processes, each with the model loaded (for CPU decoding); "
+                 "1: one process, the next file opened while the current one runs"),
+]
+
+
+def gather_inputs(videos: Sequence[Path] | None, from_list: Path | None, usage: str
+                  ) -> list[Path]:
+    """Expand VIDEO arguments and --from-list; a run with nothing to do is a user error."""
+    if not videos and from_list is None:
+        raise MilesDeepError(f"no video given: {usage}")
+    paths = expand_inputs(videos or [], from_list)
+    if not paths:
+        where = ", ".join(str(v) for v in (videos or [])) or str(from_list)
+        raise MilesDeepError(f"no video files found in {where}")
+    return paths
+
+
+def run_cli_batch(job: BatchJob, paths: Sequence[Path], *, force: bool = False, jobs: int = 1,
+                  out_dir: Path | None = None,
+                  report: Callable[[FileOutcome], None] | None = None) -> BatchSummary:
+    """Run `job` over `paths` with the CLI's console, and exit with the run's status: 0 if
+    nothing failed, 1 if a file failed, 130 if interrupted."""
+    from milesdeep.cli.app import console
+    from milesdeep.pipeline.atomic import check_writable_dir
+
+    if out_dir is not None:
+        check_writable_dir(out_dir)  # once, rather than once per file
+    summary = run_batch(job, paths, force=force, jobs=jobs, console=console, report=report)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+    return summary

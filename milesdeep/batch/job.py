@@ -1,0 +1,89 @@
+"""What a command supplies to the batch runner: how to process one file, where its outputs
+go, and what identifies the model and options it ran with."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Progress = Callable[[float, float], None]  # (seconds of video done, seconds in all)
+
+# How much of the next file to ask the kernel to read ahead while the current one runs.
+READAHEAD_BYTES = 64 << 20
+
+
+@dataclass
+class FileWork:
+    """What processing one file gave."""
+
+    outputs: list[Path]
+    seconds: float  # seconds of video processed
+    warnings: list[str] = field(default_factory=list)
+    detail: Any = None  # the command's own result (picklable), for its per-file report
+
+
+class BatchJob:
+    """A command's per-file work, shared by one process (or copied to each worker process:
+    subclasses must pickle; `load` runs once per process, so keep models out of the pickle).
+    """
+
+    command: str = "job"
+
+    def load(self) -> None:
+        """Load what every file needs (the model) once for the process."""
+
+    def configure_workers(self, jobs: int) -> None:
+        """Called before `jobs` worker processes start: share the cores among them."""
+
+    def model_key(self) -> str:
+        """Identifies the model: a change of model redoes every file."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """The options that change outputs (JSON-able): a change redoes every file."""
+        raise NotImplementedError
+
+    def output_dir(self, path: Path) -> Path:
+        """Where `path`'s outputs (and so its state database) go."""
+        raise NotImplementedError
+
+    def output_paths(self, path: Path) -> list[Path]:
+        """Every final output `path` may get, for clash checks and stale-file cleanup."""
+        raise NotImplementedError
+
+    def prefetch(self, path: Path) -> Any:
+        """Runs on a helper thread while the previous file is processed: by default probe
+        the video (which opens it and reads its headers: a bad file fails here) and ask the
+        kernel to read its first READAHEAD_BYTES into the page cache."""
+        from milesdeep.pipeline.decode import probe
+
+        info = probe(path)
+        readahead(path)
+        return info
+
+    def process(self, path: Path, prefetched: Any, progress: Progress | None) -> FileWork:
+        """Process one file; raise MilesDeepError for a bad input. Outputs must be written
+        atomically (`milesdeep.pipeline.atomic`)."""
+        raise NotImplementedError
+
+    def duration(self, prefetched: Any) -> float:
+        """Seconds of video, for the progress bar."""
+        return float(getattr(prefetched, "duration", 0.0) or 0.0)
+
+
+def readahead(path: Path, nbytes: int = READAHEAD_BYTES) -> None:
+    """Ask the kernel to start reading `path` into the page cache (no effect where
+    unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, nbytes, os.POSIX_FADV_WILLNEED)
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,98 @@
+"""`miles-deep tag` as a batch job: per file, the predictions CSV, the .tag file and (with
+--plot) the timeline PNG."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from milesdeep.batch.job import BatchJob, FileWork, Progress
+from milesdeep.models.bundle import ModelBundle
+from milesdeep.pipeline.planner import PlanParams
+from milesdeep.pipeline.run import RunOptions
+
+# Pictures that stop this many seconds (or more) before the stated duration mean a truncated
+# or damaged file: worth a warning, since the last picture stands in for the rest.
+SHORT_BY = 1.0
+
+
+def model_key(bundle: ModelBundle) -> str:
+    """The network's bytes and everything that changes what its scores mean."""
+    spec = {"onnx": bundle.sha256, "labels": list(bundle.labels),
+            "input": bundle.input.to_toml(), "output": bundle.output_kind}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def decode_warnings(decode_errors: int, decoded_end: float | None, duration: float
+                    ) -> list[str]:
+    out = []
+    if decode_errors:
+        out.append(f"{decode_errors} damaged packet(s) could not be decoded and were skipped; "
+                   "the picture before each gap stands in for it")
+    if decoded_end is not None and duration > 0 and decoded_end < duration - SHORT_BY:
+        out.append(f"pictures end at {decoded_end:.1f} s but the file says it lasts "
+                   f"{duration:.1f} s (truncated?); the last picture stands in for the rest")
+    return out
+
+
+@dataclass
+class TagJob(BatchJob):
+    bundle: ModelBundle
+    run_options: RunOptions = field(default_factory=RunOptions)
+    params: PlanParams = field(default_factory=PlanParams)
+    out_dir: Path | None = None
+    plot: bool = False
+    threads: int = 0  # ONNX Runtime threads (0: every core)
+    command = "tag"
+    _classifier: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_classifier"] = None  # each process loads its own
+        return state
+
+    def load(self) -> None:
+        if self._classifier is None:
+            from milesdeep.pipeline.infer import OrtClassifier
+
+            self._classifier = OrtClassifier(self.bundle, threads=self.threads)
+
+    def configure_workers(self, jobs: int) -> None:
+        from milesdeep.pipeline.infer import cpu_threads
+
+        share = max(1, cpu_threads() // jobs)
+        self.threads = share
+        self.run_options = RunOptions(**{**asdict(self.run_options), "decode_threads": share})
+
+    def model_key(self) -> str:
+        return model_key(self.bundle)
+
+    def options(self) -> dict[str, Any]:
+        return {"rate": self.run_options.rate, "sampling": self.run_options.sampling,
+                "plan": asdict(self.params), "plot": self.plot}
+
+    def output_dir(self, path: Path) -> Path:
+        return self.out_dir if self.out_dir is not None else Path(path).parent
+
+    def output_paths(self, path: Path) -> list[Path]:
+        from milesdeep.jobs import PREDICTIONS_SUFFIX, output_stem
+
+        stem = output_stem(Path(path), self.out_dir)
+        names = [PREDICTIONS_SUFFIX, ".tag"] + ([".timeline.png"] if self.plot else [])
+        return [stem.with_name(stem.name + s) for s in names]
+
+    def process(self, path: Path, prefetched: Any, progress: Progress | None) -> FileWork:
+        from milesdeep.jobs import tag_video
+
+        self.load()
+        result = tag_video(path, self.bundle, self._classifier, options=self.run_options,
+                           params=self.params, out_dir=self.out_dir, plot=self.plot,
+                           progress=progress)
+        t = result.times
+        warnings = decode_warnings(t.decode_errors, t.extra.get("decoded_end"),
+                                   result.predictions.duration)
+        return FileWork(list(result.outputs), float(result.predictions.duration), warnings,
+                        result)
