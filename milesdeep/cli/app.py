@@ -34,7 +34,10 @@ def fail(message: str) -> None:
 def run_app(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("MILESDEEP_DEBUG"))
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, click returns typer.Exit's code instead of raising it.
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int):
+            return rc
     except MilesDeepError as e:
         if debug:
             raise

@@ -69,6 +69,8 @@ def open_video(path: Path):  # -> av.container.InputContainer
         raise MilesDeepError("no such file", path)
     if path.is_dir():
         raise MilesDeepError("is a directory, not a video", path)
+    if not path.is_file():  # opening a FIFO would wait for a writer forever
+        raise MilesDeepError("not a regular file (a pipe or a device?)", path)
     try:
         if path.stat().st_size == 0:
             raise MilesDeepError("the file is empty (0 bytes)", path)
@@ -267,6 +269,8 @@ class PyAVSource:
                 holder = prev if prev is not None else (f, t)
                 yield from self._emit(holder, first, i)
             prev = (f, t)
+            if duration > 0 and t >= duration:
+                break  # past the length known at open: a file still growing is read no further
         self.stats.end_time = last_end
         if prev is None:
             raise MilesDeepError("no picture could be decoded from the video stream", self.path)

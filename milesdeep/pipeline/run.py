@@ -168,6 +168,7 @@ def classify_video(
                      options.batch, times, on_batch)
     times.frames_decoded = source.stats.frames_decoded
     times.decode_errors = source.stats.decode_errors
+    times.extra["decoded_end"] = source.stats.end_time  # a truncated file ends early
     if not rows:
         raise MilesDeepError("no samples could be taken from the video", path)
     # Expand held samples (keyframe sampling) to one row per sample slot.
