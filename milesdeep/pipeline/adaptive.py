@@ -99,6 +99,8 @@ class StretchSource:
         self.held = held
         self.stretches = stretches
         self.frames_decoded = 0
+        self.decode_errors = 0  # damaged packets skipped in the refined stretches
+        self.last_end = 0.0  # end of the last picture decoded (a truncated file ends early)
 
     def __iter__(self) -> Iterator[Sample]:
         container = open_video(self.source.path)
@@ -142,6 +144,7 @@ class StretchSource:
                 except av.error.EOFError:
                     return
                 except (av.error.InvalidDataError, ValueError, av.error.FFmpegError):
+                    self.decode_errors += 1
                     continue
                 yield from decoded
 
@@ -150,6 +153,7 @@ class StretchSource:
                 continue
             self.frames_decoded += 1
             t = float(f.pts * tb) - start
+            self.last_end = max(self.last_end, t + float((f.duration or 0) * tb))
             if prev is not None and t <= prev[1]:
                 continue
             if t < key_pts - 1e-6:
@@ -235,7 +239,8 @@ def classify_video_adaptive(
     if done != to_refine:
         raise RuntimeError(f"adaptive pass 2 gave {done} of {to_refine} slots")
     times.frames_decoded = source.stats.frames_decoded + refined.frames_decoded
-    times.decode_errors = source.stats.decode_errors
+    times.decode_errors = source.stats.decode_errors + refined.decode_errors
+    times.extra["decoded_end"] = max(refined.last_end, source.stats.end_time)
     times.total += time.perf_counter() - t_start
     if progress is not None and duration > 0:
         progress(duration, duration)
