@@ -168,7 +168,7 @@ class BatchRunner:
                         "(--force redoes it)")
         elif o.status == "done" and not self.single:
             rt = f", {o.seconds / o.wall:.1f}× real time" if o.wall > 0 else ""
-            self._print(f"[{k}/{n}] done {name}: {o.seconds:,.0f} s of video in "
+            self._print(f"[{k}/{n}] done {name}: {o.seconds:,.1f} s of video in "
                         f"{o.wall:.1f} s{rt}")
         if self.report is not None:
             self.report(o)
