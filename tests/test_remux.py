@@ -219,3 +219,39 @@ def test_parameter_sets_are_restored_after_a_reencoded_run(sources: dict[str, Pa
     for before, item in zip(items, items[1:]):
         if isinstance(item, remux.CopyItem):
             assert item.prepend_parameter_sets == isinstance(before, remux.EncodeItem)
+
+
+@pytest.mark.parametrize("precise", [False, True], ids=["keyframes", "precise"])
+def test_subtitles_move_with_their_ranges(sources: dict[str, Path], tmp_path: Path,
+                                          precise: bool) -> None:
+    src = V.with_subtitles(sources["h264.mkv"], tmp_path / "subs.mkv",
+                           [(k + 0.6, 0.3, f"second {k}") for k in range(12)])
+    index = remux.index_media(src)
+    result = remux.cut_video(index, RANGES, tmp_path / "out", precise=precise)
+    plan, out = result.plans[0], result.outputs[0]
+    expected: list[tuple[float, str]] = []
+    position = F(0)
+    for report in plan.reports():
+        a, b = report.actual.start, report.actual.end
+        expected += [(float(k + F(3, 5) - a + position), f"second {k}") for k in range(12)
+                     if a <= k + F(3, 5) < b]
+        position += b - a
+    got = V.subtitle_cues(out)
+    assert [t for _, t in got] == [t for _, t in expected]
+    assert all(abs(x - y) <= 0.001 for (x, _), (y, _) in zip(got, expected))
+    # Each cue still starts on its flash.
+    flashes = V.flash_times(out)
+    assert all(min(abs(t - f) for f in flashes) <= 1 / 30 for t, _ in got)
+
+
+def test_precise_falls_back_when_timestamps_lie(tmp_path: Path) -> None:
+    """ASF keeps no reordering information: H.264 with B-frames in a .wmv has packet times
+    that are not the frames' times. The smart cut notices and cuts at keyframes instead."""
+    src = V.flash_beep_video(tmp_path / "hb.wmv", seconds=12, codecs=("libx264", "aac"),
+                             bframes=2)
+    index = remux.index_media(src)
+    result = remux.cut_video(index, RANGES[:1], tmp_path / "out", precise=True)
+    assert not result.plans[0].precise
+    assert any("--precise failed" in n for n in result.plans[0].notes)
+    assert result.outputs[0].suffix == ".mkv"
+    assert V.read_frame_codes(result.outputs[0]) == list(range(0, 3 * 25))

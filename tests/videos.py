@@ -273,3 +273,31 @@ def stream_durations(path: Path) -> dict[str, float]:
             out["audio"] = len(pcm) / rate
             out["audio_start"] = start
     return out
+
+
+def with_subtitles(src: Path, dest: Path, cues: list[tuple[float, float, str]]) -> Path:
+    """Copy `src` into `dest` (Matroska) adding a SubRip stream with (start s, length s, text)
+    cues. Returns `dest`."""
+    ms = Fraction(1, 1000)
+    with av.open(str(src)) as inp, av.open(str(dest), "w", format="matroska") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        subs = out.add_mux_stream("subrip", time_base=ms)
+        for packet in inp.demux():
+            if packet.size:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+        for start, length, text in cues:
+            packet = av.Packet(text.encode())
+            packet.pts = packet.dts = round(start * 1000)
+            packet.duration = round(length * 1000)
+            packet.time_base = ms
+            packet.stream = subs
+            out.mux(packet)
+    return Path(dest)
+
+
+def subtitle_cues(path: Path) -> list[tuple[float, str]]:
+    """(start seconds, text) of every packet of the first subtitle stream."""
+    with av.open(str(path)) as c:
+        s = c.streams.subtitles[0]
+        return [(float(p.pts * s.time_base), bytes(p).decode()) for p in c.demux(s) if p.size]

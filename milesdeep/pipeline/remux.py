@@ -327,27 +327,33 @@ def _precise_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool) 
 def _plan_audio_like(si: StreamIndex, index: MediaIndex,
                      spans: Sequence[Span], outs: Sequence[Fraction]) -> dict[int, list[int]]:
     """Audio: packets laid end to end on an output clock, each within half a packet of its
-    source-relative place. `outs[r]` is span r's output start in seconds."""
+    source-relative place. `outs[r]` is span r's output start in seconds.
+
+    Works in the stream's ticks as floats (exact enough: the clock only ever adds whole-tick
+    durations to one exact start per span), which keeps an hour of audio fast to plan."""
     tb = si.time_base
     order = sorted(range(len(si.pts)), key=lambda j: si.pts[j])
-    times = [si.pts[j] * tb for j in order]
-    durs: list[Fraction] = []
+    times = [si.pts[j] for j in order]
+    durs: list[int] = []
+    fallback = max(1, round(Fraction(1, 50) / tb))
     for n, j in enumerate(order):
-        d = si.duration[j] * tb
+        d = si.duration[j]
         if n + 1 < len(order) and times[n + 1] > times[n]:
             d = times[n + 1] - times[n]
-        durs.append(d if d > 0 else Fraction(1, 50))
+        durs.append(d if d > 0 else fallback)
     plan: dict[int, list[int]] = {}
-    clock: Fraction | None = None
+    clock: float | None = None
     vtb = index.video.time_base
-    for span, out0 in zip(spans, outs):
-        a, b = span.start * vtb, span.end * vtb
-        out1 = out0 + (b - a)
-        if clock is None or abs(clock - out0) > max(durs, default=Fraction(0)):
+    longest = max(durs, default=0)
+    for span, out0_s in zip(spans, outs):
+        a = float(span.start * vtb / tb)
+        out0 = float(out0_s / tb)
+        out1 = out0 + float((span.end - span.start) * vtb / tb)
+        if clock is None or abs(clock - out0) > longest:
             clock = out0
-        n = bisect.bisect_left(times, a + (clock - out0))
-        if n > 0 and (n == len(times) or
-                      abs(times[n - 1] - a - (clock - out0)) <= abs(times[n] - a - (clock - out0))):
+        want = a + (clock - out0)
+        n = bisect.bisect_left(times, want)
+        if n > 0 and (n == len(times) or abs(times[n - 1] - want) <= abs(times[n] - want)):
             n -= 1
         while n < len(times):
             mapped = times[n] - a + out0
@@ -355,7 +361,7 @@ def _plan_audio_like(si: StreamIndex, index: MediaIndex,
                 clock = mapped
             if clock + durs[n] / 2 > out1:
                 break
-            plan.setdefault(order[n], []).append(round(clock / tb))
+            plan.setdefault(order[n], []).append(round(clock))
             clock += durs[n]
             n += 1
     return plan
@@ -595,6 +601,11 @@ def cut_video(index: MediaIndex, ranges: Sequence[TimeRange], out_dir: Path,
         plans = [plan_edit(index, g, precise) for g in groups]
     else:
         plans = [plan_edit(index, groups[0], precise)]
-    for plan, path in zip(plans, paths):
-        write_edit(plan, path, overwrite=overwrite)
+    for n, (plan, path) in enumerate(zip(plans, paths)):
+        try:
+            write_edit(plan, path, overwrite=overwrite)
+        except smartcut.SmartCutError as e:
+            plans[n] = plan_edit(index, groups[n], precise=False)
+            plans[n].notes.append(f"--precise failed ({e}); cut at keyframes instead")
+            write_edit(plans[n], path, overwrite=overwrite)
     return CutResult(paths, plans)

@@ -41,6 +41,10 @@ CRF = "16"
 PRESET = "fast"
 
 
+class SmartCutError(RuntimeError):
+    """A boundary could not be re-encoded faithfully (the caller cuts at keyframes instead)."""
+
+
 @dataclass(frozen=True)
 class AvcConfig:
     """What the splice needs from the stream's extradata: NAL framing and parameter sets."""
@@ -176,8 +180,8 @@ class SegmentEncoder:
             frames = self._decode(keyframe_pts, wanted[0], stop, seek=False)
         got = [f.pts for f in frames]
         if got != list(wanted):
-            raise RuntimeError(f"decoded frames {got[:3]}... do not match the index "
-                               f"{list(wanted)[:3]}...")
+            raise SmartCutError(f"decoded frames {got[:3]}... do not match the packet "
+                                f"timestamps {list(wanted)[:3]}...")
         first = frames[0]
         enc = av.CodecContext.create(self.codec, "w")
         enc.width, enc.height = first.width, first.height
@@ -205,5 +209,5 @@ class SegmentEncoder:
                     data = self.avcc.frame(data)
                 out.append(EncodedPacket(data, packet.pts, packet.is_keyframe))
         if [p.source_pts for p in out] != list(wanted):
-            raise RuntimeError(f"the encoder returned {len(out)} of {len(wanted)} frames")
+            raise SmartCutError(f"the encoder returned {len(out)} of {len(wanted)} frames")
         return out
