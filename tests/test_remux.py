@@ -89,8 +89,10 @@ def test_cut_durations_frames_and_sync(sources: dict[str, Path], tmp_path: Path,
     assert durations["video"] == pytest.approx(float(plan.duration), abs=1e-6)
     assert abs(durations["audio"] - durations["video"]) < 0.1
 
-    # Every output frame is the source frame the plan says, in order (nothing corrupt).
+    # Every output frame is the source frame the plan says, in order, decoded without a
+    # warning (a splice with wrong parameter sets or references would show up here).
     assert V.read_frame_codes(out) == expected_codes(plan, fps)
+    assert V.decode_warnings(out) == []
 
     # A/V sync: every beep within one frame of its flash, and a beep for every flash.
     flashes, beeps, errors = sync_errors(out)

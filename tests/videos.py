@@ -301,3 +301,20 @@ def subtitle_cues(path: Path) -> list[tuple[float, str]]:
     with av.open(str(path)) as c:
         s = c.streams.subtitles[0]
         return [(float(p.pts * s.time_base), bytes(p).decode()) for p in c.demux(s) if p.size]
+
+
+def decode_warnings(path: Path) -> list[str]:
+    """FFmpeg's warnings and errors while decoding every video and audio frame of `path`
+    (a spliced stream with wrong parameter sets or references shows up here)."""
+    import av.logging
+
+    av.logging.set_level(av.logging.VERBOSE)
+    try:
+        with av.logging.Capture() as logs:
+            with av.open(str(path)) as c:
+                for _ in c.decode(*c.streams.video[:1], *c.streams.audio[:1]):
+                    pass
+    finally:
+        av.logging.set_level(None)
+    return [f"{name}: {message}" for level, name, message in logs
+            if level <= av.logging.WARNING]
