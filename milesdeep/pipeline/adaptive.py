@@ -124,17 +124,17 @@ class StretchSource:
         vs.codec_context.flush_buffers()
         i = a
         prev = None  # (frame, seconds) on screen so far
-        converted: dict[int, object] = {}
+        # The last converted picture, with the av frame it came from: holding the frame keeps
+        # its id from being reused by a later frame (an id()-keyed cache gave stale pictures).
+        converted: list = [None, None]
 
         def emit(holder, upto: int) -> Iterator[Sample]:
             nonlocal i
             frame, pts = holder
-            key = id(frame)
-            if key not in converted:
-                converted.clear()
-                converted[key] = frame_from_av(frame)
+            if converted[0] is not frame:
+                converted[:] = [frame, frame_from_av(frame)]
             while i < upto:
-                yield Sample(index=i, time=i / rate, pts=pts, frame=converted[key])  # type: ignore[arg-type]
+                yield Sample(index=i, time=i / rate, pts=pts, frame=converted[1])
                 i += 1
 
         def frames() -> Iterator:
