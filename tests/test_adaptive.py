@@ -112,3 +112,36 @@ def test_plan_stretches_disagreement_uncertainty_and_merging() -> None:
     assert plan_stretches(held2, probs2, 1.0, 0.0) == [(1, 3, 0), (5, 7, 2)]
     probs3 = np.array([a, b, a], np.float32)
     assert plan_stretches(held2, probs3, 1.0, 0.0) == [(1, 7, 0)]
+
+
+@pytest.mark.parametrize("rate", [1.0, 4.0])
+def test_skipping_unseen_non_reference_pictures_keeps_samples_bit_exact(tmp_path: Path,
+                                                                         rate: float) -> None:
+    from milesdeep.pipeline.decode import PyAVSource
+    from tests.videos import flash_beep_video
+
+    # B-frames (libx264, 2 in a row), 25 fps: most B-pictures are shown at no sample time.
+    video = flash_beep_video(tmp_path / "b.mp4", seconds=6, audio=False)
+    full = PyAVSource(video, rate=rate, skip_unseen=False)
+    fast = PyAVSource(video, rate=rate)
+    a, b = list(full), list(fast)
+    assert [s.index for s in a] == [s.index for s in b] == list(range(int(6 * rate)))
+    for x, y in zip(a, b):
+        assert x.pts == y.pts
+        assert np.array_equal(x.frame.y, y.frame.y) and np.array_equal(x.frame.uv, y.frame.uv)
+    assert full.stats.frames_decoded == 150
+    assert fast.stats.frames_decoded < full.stats.frames_decoded
+
+
+def test_adaptive_on_b_frames_matches_exact(tmp_path: Path, colours) -> None:
+    from tests.videos import two_class_video
+
+    # Solid red ("A") against noise ("B"), B-frames, keyframes every 25 frames at 10 fps
+    # (0 A, 2.5 A, 5 B, 7.5 B, 10 A, 12.5 A): both changes fall inside GOPs. (A change and
+    # back inside one GOP, e.g. "AAB" between two A keyframes, is what adaptive can miss.)
+    video = two_class_video(tmp_path / "ab.mp4", "AAABBBBBAAAAAA", fps=10, gop=25)
+    exact, _ = run(video, colours, "exact")
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(adaptive) == labels_of(exact)
+    # (Scores differ a little where a noise keyframe is held: each noise frame is different.)
+    assert times.extra["refined_slots"] < len(exact.probs)

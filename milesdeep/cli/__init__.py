@@ -16,6 +16,7 @@ from milesdeep.cli import sample  # noqa: F401,E402  isort: skip
 from milesdeep.cli import engine  # noqa: F401,E402  isort: skip
 from milesdeep.cli import calibrate  # noqa: F401,E402  isort: skip
 from milesdeep.cli import models  # noqa: F401,E402  isort: skip
+from milesdeep.cli import bench  # noqa: F401,E402  isort: skip
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
-from milesdeep.pipeline.decode import PyAVSource, frame_from_av, open_video
+from milesdeep.pipeline.decode import PyAVSource, frame_from_av, mark_needed, open_video
 from milesdeep.pipeline.frames import Sample
 from milesdeep.pipeline.infer import Classifier
 from milesdeep.pipeline.predictions import Predictions
@@ -122,6 +122,7 @@ class StretchSource:
         rate = self.source.rate
         container.seek(int(round((key_pts + start) / tb)), stream=vs, backward=True)
         vs.codec_context.flush_buffers()
+        vs.codec_context.skip_frame = "DEFAULT"
         i = a
         prev = None  # (frame, seconds) on screen so far
         # The last converted picture, with the av frame it came from: holding the frame keeps
@@ -138,7 +139,12 @@ class StretchSource:
                 i += 1
 
         def frames() -> Iterator:
-            for packet in container.demux(vs):
+            cc = vs.codec_context
+            skipping = False
+            for packet, needed in mark_needed(container.demux(vs), tb, start, rate, a, b):
+                if needed == skipping:  # non-reference pictures shown at no slot: skipped
+                    skipping = not needed
+                    cc.skip_frame = "NONREF" if skipping else "DEFAULT"
                 try:
                     decoded = packet.decode()
                 except av.error.EOFError:

@@ -15,11 +15,12 @@ Modes:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -189,11 +190,51 @@ def frame_from_av(frame) -> Frame:
     return Frame(y=y, uv=uv, colour=colour, rotation=rotation)
 
 
+def mark_needed(packets: Iterable, time_base: Fraction, start: float, rate: float,
+                first: int = 0, stop: int | None = None, lookahead: int = 16
+                ) -> Iterator[tuple[Any, bool]]:
+    """(packet, needed) in decode order: needed is False when the packet's picture is on screen
+    at none of the sample slots [first, stop) — the next picture in presentation order comes
+    before the next slot time. The decoder may then skip it if no other picture refers to it
+    (`skip_frame = NONREF`): reference pictures are decoded regardless, so every picture that
+    is kept decodes to exactly the same pixels.
+
+    Presentation order is reordered decode order, so each packet waits until `lookahead` more
+    have been read; a later picture missed by the window only makes a packet look needed.
+    A packet with no timestamp is always needed."""
+    pending: deque = deque()
+    seen: deque = deque(maxlen=4 * lookahead)  # times of packets already handed out
+    end = math.inf if stop is None else stop
+
+    def decide(packet, t: float | None) -> bool:
+        if t is None:
+            return True
+        nxt = min((x for x in seen if x > t + 1e-9), default=math.inf)
+        nxt = min(nxt, min((x for _, x in pending if x is not None and x > t + 1e-9),
+                           default=math.inf))
+        k = max(first, math.ceil(t * rate - 1e-9))  # the first slot at or after t
+        return k < end and k / rate < nxt - 1e-9
+
+    for packet in packets:
+        t = None if packet.pts is None else float(packet.pts * time_base) - start
+        pending.append((packet, t))
+        if len(pending) > lookahead:
+            p, pt = pending.popleft()
+            yield p, decide(p, pt)
+            if pt is not None:
+                seen.append(pt)
+    while pending:
+        p, pt = pending.popleft()
+        yield p, decide(p, pt)
+        if pt is not None:
+            seen.append(pt)
+
+
 class PyAVSource:
     """Yields `Sample`s of one video, decoding on FFmpeg's own threads."""
 
     def __init__(self, path: Path, rate: float = 1.0, mode: SamplingMode = "exact",
-                 threads: int = 0) -> None:
+                 threads: int = 0, skip_unseen: bool = True) -> None:
         if rate <= 0:
             raise MilesDeepError("--rate must be positive")
         if mode not in ("exact", "keyframes"):
@@ -202,6 +243,9 @@ class PyAVSource:
         self.rate = rate
         self.mode = mode
         self.threads = threads
+        # exact: skip decoding non-reference pictures that are on screen at no sample time
+        # (`mark_needed`); the samples are the same pictures, bit for bit.
+        self.skip_unseen = skip_unseen
         self.info = probe(self.path)
         self.stats = DecodeStats()
 
@@ -217,10 +261,22 @@ class PyAVSource:
         cc = vs.codec_context
         cc.thread_type = "AUTO"
         cc.thread_count = self.threads
-        if self.mode == "keyframes":
+        keyframes = self.mode == "keyframes"
+        if keyframes:
             cc.skip_frame = "NONKEY"
+        packets: Iterator = ((p, True) for p in container.demux(vs))
+        if not keyframes and self.skip_unseen:
+            n = sample_count(self.info.duration, self.rate) if self.info.duration > 0 else None
+            packets = mark_needed(container.demux(vs), vs.time_base, self.info.start, self.rate,
+                                  0, n)
+        skipping = False
         try:
-            for packet in container.demux(vs):
+            for packet, needed in packets:
+                if keyframes and packet.size and not packet.is_keyframe:
+                    continue  # keyframes only: the decoder never even parses the others
+                if needed == skipping:  # switch only when it changes (frame threads copy it)
+                    skipping = not needed
+                    cc.skip_frame = "NONREF" if skipping else "DEFAULT"
                 try:
                     frames = packet.decode()
                 except av.error.EOFError:

@@ -1,0 +1,155 @@
+"""`miles-deep bench`: seconds of work per hour of video, per stage, against Miles Deep's way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from milesdeep.cli import options as o
+from milesdeep.cli.app import app, console
+from milesdeep.errors import MilesDeepError
+
+STAGE_COLUMNS = ("decode", "preprocess", "inference", "planning", "output")
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def video_table(report, hardware: dict) -> Table:
+    """One table per video: a row per run, seconds of work per hour of video."""
+    from milesdeep.bench import BASELINE
+
+    title = (f"{Path(report.video).name}: {report.duration:,.1f} s of video — "
+             f"{hardware['backend']}, {hardware['cpu']}, {hardware['cores']} cores"
+             + (f", {hardware['gpu']}" if hardware.get("gpu") else ""))
+    t = Table(title=title, title_justify="left", show_edge=False,
+              caption="seconds of work per hour of video; stages overlap", caption_justify="left")
+    t.add_column("run", no_wrap=True)
+    t.add_column("s/hour", justify="right")
+    for s in STAGE_COLUMNS:
+        t.add_column(s, justify="right")
+    t.add_column("× real time", justify="right")
+    t.add_column("peak RSS MiB", justify="right")
+    t.add_column("vs baseline", justify="right")
+    t.add_column("labels = exact", justify="right")
+    for r in report.runs:
+        per = r.stage_seconds_per_hour()
+        if r.mode == BASELINE:
+            per = dict(per)
+            per["decode"] = per.get("decode", 0) + per.get("jpeg_encode", 0)
+            per["preprocess"] = (per.get("preprocess", 0) + per.get("jpeg_decode", 0))
+        speed = report.speedup(r.mode) if r.mode != BASELINE else None
+        agree = report.agreement.get(r.mode)
+        t.add_row(r.mode, _fmt(r.seconds_per_hour),
+                  *(_fmt(per.get(s)) for s in STAGE_COLUMNS),
+                  _fmt(r.x_realtime), _fmt(r.peak_rss_mib, ".0f"),
+                  "-" if speed is None else f"{speed:.1f}×",
+                  "-" if agree is None else f"{100 * agree:.2f}%")
+    return t
+
+
+@app.command()
+def bench(
+    videos: Annotated[list[Path], typer.Argument(help="Video file(s) to measure")],
+    backend: Annotated[str, typer.Option("--backend", help="cpu or gpu")] = "cpu",
+    sampling: Annotated[list[str] | None, typer.Option(
+        "--sampling", help="adaptive, exact or keyframes; repeat for several "
+        "[default: adaptive] (adaptive also runs exact, for the agreement)")] = None,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline", help="Also run the Miles-Deep-style baseline (decode every frame, one "
+        "JPEG per second, classify) and print the ratio")] = False,
+    decode_reference: Annotated[bool, typer.Option(
+        "--decode-reference", help="Also time decoding every frame with PyAV alone")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here")] = None,
+    isolate: Annotated[bool, typer.Option(
+        "--isolate", help="Run each measurement in a fresh process (own peak RSS; no "
+        "agreement figures)")] = False,
+    model: o.ModelOpt = None,
+    batch: o.BatchOpt = 32,
+    rate: o.RateOpt = 1.0,
+) -> None:
+    """Measure seconds of work per hour of video, per stage, for each VIDEO."""
+    from milesdeep.bench import (
+        BASELINE,
+        VideoReport,
+        bench_isolated,
+        bench_video,
+        gpu_driver_version,
+        hardware_info,
+    )
+    from milesdeep.pipeline.backend import resolve_backend
+    from milesdeep.pipeline.run import SAMPLING_MODES
+
+    modes = sampling or ["adaptive"]
+    for m in modes:
+        if m not in SAMPLING_MODES:
+            raise MilesDeepError(f"--sampling {m!r} is not one of: {', '.join(SAMPLING_MODES)}")
+    if backend not in ("cpu", "gpu"):
+        raise MilesDeepError(f"--backend {backend!r}: bench measures cpu or gpu")
+    for v in videos:
+        if not Path(v).is_file():
+            raise MilesDeepError("no such file", v)
+    bundle = o.resolve_model_options(model)
+    choice = resolve_backend(backend, bundle)  # --backend gpu without one: E's one line
+    gpu_backend, gpu_info = None, None
+    if choice.name == "gpu":
+        if "adaptive" in modes:
+            raise MilesDeepError("--backend gpu decodes every frame on NVDEC: use "
+                                 "--sampling exact or keyframes")
+        from milesdeep.pipeline.backend import probe_gpu
+        from milesdeep.pipeline.run_gpu import open_gpu_backend
+
+        probe = probe_gpu()
+        gpu_info = {"gpu": probe.gpu.name if probe.gpu else "", "driver": gpu_driver_version(),
+                    "tensorrt": probe.versions.get("tensorrt", "")}
+        gpu_backend = open_gpu_backend(bundle, model_arg=model)
+    hardware = hardware_info(choice.name, gpu_info)
+    classifier = gpu_backend.classifier if gpu_backend is not None else None
+    if classifier is None and not isolate:
+        from milesdeep.pipeline.infer import OrtClassifier
+
+        classifier = OrtClassifier(bundle)
+        warm_up(classifier, bundle, batch)
+    reports = []
+    try:
+        for video in videos:
+            if isolate:
+                runs = [bench_isolated(video, m, model, rate, batch) for m in modes]
+                if decode_reference:
+                    runs.append(bench_isolated(video, "decode-only", model, rate, batch))
+                if baseline:
+                    runs.append(bench_isolated(video, BASELINE, model, rate, batch))
+                report = VideoReport(str(video), max(r.duration for r in runs), runs)
+            else:
+                report = bench_video(video, bundle, classifier, modes, baseline=baseline,
+                                     decode_reference=decode_reference, rate=rate, batch=batch,
+                                     gpu_backend=gpu_backend,
+                                     say=lambda m: console.print(m, style="dim"))
+            reports.append(report)
+            console.print(video_table(report, hardware), width=max(console.width, 132))
+            for mode in modes:
+                s = report.speedup(mode)
+                if s is not None:
+                    console.print(f"{mode}: {s:.1f}× faster than the Miles-Deep-style baseline")
+    finally:
+        if gpu_backend is not None:
+            gpu_backend.close()
+    if json_out is not None:
+        from milesdeep.pipeline.atomic import write_text_atomic
+
+        doc = {"hardware": hardware, "videos": [r.to_dict() for r in reports],
+               "agreement_rule": "share of sample slots whose winning label equals exact's"}
+        write_text_atomic(json_out, json.dumps(doc, indent=1))
+        console.print(f"wrote {json_out}")
+
+
+def warm_up(classifier, bundle, batch: int) -> None:
+    """One untimed batch first: ONNX Runtime's first run allocates and plans."""
+    import numpy as np
+
+    classifier.infer(np.zeros((batch, *bundle.input.shape), np.float32))

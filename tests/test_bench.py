@@ -1,0 +1,133 @@
+"""A small smoke test of the benchmark harness: clip maker, `miles-deep bench`, baseline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from milesdeep.bench import (
+    BASELINE,
+    bench_isolated,
+    hardware_info,
+    label_agreement,
+    run_baseline,
+)
+from milesdeep.cli import run_app
+from milesdeep.models.bundle import load_bundle
+from milesdeep.pipeline.infer import OrtClassifier
+from milesdeep.pipeline.predictions import Predictions
+from tests.testdata import colour_bundle, colour_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_clips_module():
+    spec = importlib.util.spec_from_file_location("make_clips", ROOT / "benchmarks" /
+                                                  "make_clips.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["make_clips"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return colour_bundle(tmp_path_factory.mktemp("bench") / "colours")
+
+
+def test_clip_maker_makes_class_changing_clips_with_audio_and_repeats_them(tmp_path: Path
+                                                                          ) -> None:
+    import av
+
+    mc = make_clips_module()
+    spec = mc.ClipSpec("tiny", 160, 96, 5, 1.0, bitrate=300_000, segment_seconds=(1.0, 2.0))
+    rec = mc.make_clip(tmp_path / "tiny.mp4", spec)
+    kinds = [k for _, _, k in rec["segments"]]
+    assert len(kinds) >= 3 and kinds[:3] == ["natural", "pattern", "blobs"]
+    with av.open(str(tmp_path / "tiny.mp4")) as c:
+        assert c.streams.audio and c.streams.video[0].codec_context.name == "h264"
+        frames = list(c.decode(video=0))
+    assert len(frames) == 150
+    assert [round(float(f.time), 3) for f in frames if f.key_frame] == [0, 1, 2, 3, 4]
+    assert json.loads((tmp_path / "tiny.mp4.json").read_text())["clip"]["width"] == 160
+    mc.repeat_clip(tmp_path / "tiny.mp4", tmp_path / "tiny3.mp4", 3)
+    with av.open(str(tmp_path / "tiny3.mp4")) as c:
+        n3 = sum(1 for _ in c.decode(video=0))
+        assert c.streams.audio
+    assert n3 == 450
+
+
+def test_bench_command_writes_every_figure(tmp_path: Path, bundle_dir: Path) -> None:
+    video = colour_video(tmp_path / "c.mp4", ["red"] * 3 + ["blue"] * 3 + ["green"] * 2,
+                         fps=10, gop=25)
+    out = tmp_path / "bench.json"
+    rc = run_app(["bench", str(video), "--model", str(bundle_dir), "--baseline",
+                  "--decode-reference", "--json", str(out), "-b", "4"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    hw = doc["hardware"]
+    assert hw["backend"] == "cpu" and hw["cores"] >= 1 and hw["cpu"]
+    (v,) = doc["videos"]
+    assert v["duration"] == pytest.approx(8.0, abs=0.1)
+    runs = {r["mode"]: r for r in v["runs"]}
+    # adaptive was asked for; exact comes with it for the agreement.
+    assert set(runs) == {"adaptive", "exact", "decode-only", BASELINE}
+    for mode in ("adaptive", "exact", BASELINE):
+        r = runs[mode]
+        assert set(r["stage_seconds_per_hour"]) >= {"decode", "preprocess", "inference",
+                                                    "planning", "output"}
+        assert r["seconds_per_hour"] == pytest.approx(r["wall"] / r["duration"] * 3600)
+        assert r["x_realtime"] == pytest.approx(r["duration"] / r["wall"])
+        assert r["peak_rss_mib"] > 10
+    assert runs["exact"]["samples"] == 8
+    assert runs["decode-only"]["frames_decoded"] == 80
+    assert runs[BASELINE]["frames_decoded"] == 80 and runs[BASELINE]["samples"] == 8
+    # Solid colours survive the JPEG round trip and keyframe holding: every label agrees.
+    assert v["agreement_with_exact"] == {"adaptive": 1.0, BASELINE: 1.0}
+    assert v["speedup_vs_baseline"]["adaptive"] == pytest.approx(
+        runs[BASELINE]["wall"] / runs["adaptive"]["wall"])
+
+
+def test_baseline_round_trips_through_jpeg(tmp_path: Path, bundle_dir: Path) -> None:
+    video = colour_video(tmp_path / "c.mp4", ["gray", "red", "red", "blue"], fps=5, gop=5)
+    bundle = load_bundle(bundle_dir)
+    report, preds = run_baseline(video, bundle, OrtClassifier(bundle, threads=1), batch=3)
+    assert [preds.labels[k] for k in preds.probs.argmax(axis=1)] == ["gray", "red", "red",
+                                                                       "blue"]
+    assert report.stages["jpeg_encode"] > 0 and report.stages["jpeg_decode"] > 0
+    assert report.samples == 4 and report.frames_decoded == 20
+
+
+def test_agreement_counts_missing_slots_as_disagreements() -> None:
+    def preds(winners: list[int]) -> Predictions:
+        p = np.eye(2, dtype=np.float32)[winners]
+        return Predictions(("a", "b"), np.arange(len(winners)), p, 1.0, len(winners))
+
+    assert label_agreement(preds([0, 1, 1, 0]), preds([0, 1, 0, 0])) == 0.75
+    assert label_agreement(preds([0, 1, 1]), preds([0, 1, 1, 0])) == 0.75
+
+
+def test_isolated_run_reports_its_own_peak_rss(tmp_path: Path) -> None:
+    video = colour_video(tmp_path / "c.mp4", ["red"] * 2, fps=5)
+    report = bench_isolated(video, "decode-only")
+    assert report.mode == "decode-only" and report.frames_decoded == 10
+    assert 10 < report.peak_rss_mib < 4096
+
+
+def test_bench_refuses_bad_requests(tmp_path: Path, bundle_dir: Path, capsys) -> None:
+    video = colour_video(tmp_path / "c.mp4", ["red"] * 2, fps=5)
+    assert run_app(["bench", str(video), "--model", str(bundle_dir), "--sampling", "every"]) == 1
+    assert "--sampling 'every'" in capsys.readouterr().err
+    assert run_app(["bench", str(tmp_path / "missing.mp4")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    if hardware_info().get("gpu"):
+        pytest.skip("a GPU is present")
+    assert run_app(["bench", str(video), "--model", str(bundle_dir), "--backend", "gpu"]) == 1
+    err = capsys.readouterr().err
+    assert "--backend gpu" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
