@@ -131,3 +131,26 @@ def test_bench_refuses_bad_requests(tmp_path: Path, bundle_dir: Path, capsys) ->
     assert run_app(["bench", str(video), "--model", str(bundle_dir), "--backend", "gpu"]) == 1
     err = capsys.readouterr().err
     assert "--backend gpu" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_matrix_writes_markdown_and_json(tmp_path: Path, bundle_dir: Path) -> None:
+    spec = importlib.util.spec_from_file_location("run_matrix", ROOT / "benchmarks" /
+                                                  "run_matrix.py")
+    assert spec is not None and spec.loader is not None
+    rm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rm)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    # A stand-in for the main clip, small enough for a test.
+    colour_video(clips / f"{rm.MAIN}.mp4", ["red"] * 2 + ["blue"] * 3, fps=10, gop=20)
+    out = tmp_path / "results"
+    assert rm.main(["--clips", str(clips), "--out", str(out), "--no-rss",
+                    "--model", str(bundle_dir)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    (v,) = doc["videos"]
+    assert {r["mode"] for r in v["runs"]} == {"adaptive", "exact", "keyframes", "decode-only",
+                                             BASELINE}
+    md = (out / "results.md").read_text()
+    assert "| target | measured | met |" in md and f"| {rm.MAIN} | adaptive |" in md
+    assert [t["target"].split(" ")[0] for t in doc["targets"]] == ["adaptive", "adaptive",
+                                                                   "exact"]
