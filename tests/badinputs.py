@@ -60,7 +60,7 @@ def _cut_half(src: Path, dst: Path) -> Path:
 def truncated_mp4(d: Path) -> Path:
     """An MP4 cut at 50%: its index (moov) is written last, so nothing is left to read."""
     src = plain(d / "whole.mp4", PATTERN * 2)
-    return _cut_half(src, d / "truncated.mp4")
+    return _cut_half(src, d / "truncated-mp4.mp4")
 
 
 def truncated_mkv(d: Path) -> Path:
@@ -71,7 +71,7 @@ def truncated_mkv(d: Path) -> Path:
     for f in frames:
         f += rng.integers(0, 24, f.shape, dtype=np.uint8) * (f < 200)
     src = encode_frames(d / "whole.mkv", frames, pts, gop=10)
-    return _cut_half(src, d / "truncated.mkv")
+    return _cut_half(src, d / "truncated-mkv.mkv")
 
 
 def corrupt_middle(d: Path) -> Path:
@@ -166,7 +166,7 @@ AWKWARD_NAMES = [
     "line\nbreak.mp4",
     "ünïcødé 視頻.mp4",
     "-leading-dash.mp4",
-    "[bold]not markup[/].mp4",
+    "[red]not markup.mp4",
 ]
 
 

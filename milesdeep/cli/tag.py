@@ -44,7 +44,9 @@ def check_sampling(sampling: str) -> str:
 @app.command()
 def tag(
     videos: Annotated[list[Path] | None,
-                      typer.Argument(help="Video files and folders (searched recursively)")
+                      # readable=False: an unreadable video fails alone, not the whole run
+                      typer.Argument(help="Video files and folders (searched recursively)",
+                                     readable=False)
                       ] = None,
     model: o.ModelOpt = None,
     prototxt: o.ProtoOpt = None,
