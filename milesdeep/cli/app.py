@@ -53,11 +53,12 @@ def run_app(argv: list[str] | None = None) -> int:
     except Exception as e:  # click's usage errors arrive here in non-standalone mode
         import click
 
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, (click.exceptions.Abort, typer.Abort)):
             console.print("[bold red]aborted[/]")
             return 1
-        if isinstance(e, click.ClickException):
+        # Typer 0.2x vendors its own click: its usage errors are TyperExceptions.
+        if isinstance(e, (click.ClickException, typer.TyperException)) and hasattr(e, "show"):
             e.show(file=sys.stderr)
-            return e.exit_code
+            return int(getattr(e, "exit_code", 2))
         raise
     return 0
