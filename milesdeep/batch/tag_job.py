@@ -72,6 +72,7 @@ class TagJob(BatchJob):
 
     def options(self) -> dict[str, Any]:
         return {"rate": self.run_options.rate, "sampling": self.run_options.sampling,
+                "adaptive_margin": getattr(self.run_options, "adaptive_margin", None),
                 "plan": asdict(self.params), "plot": self.plot}
 
     def output_dir(self, path: Path) -> Path:

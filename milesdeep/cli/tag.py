@@ -78,7 +78,7 @@ def tag(
     and the run goes on; exit status 0 only if no file failed."""
     params = PlanParams(min_cut, max_gap, min_score, min_coverage)
     if from_predictions is not None:
-        if videos:
+        if videos or from_list is not None:
             raise MilesDeepError("give either videos or --from-predictions, not both")
         result = tag_from_predictions(from_predictions, params=params, out_dir=output_dir,
                                       plot=plot)
