@@ -115,6 +115,12 @@ def bench(
 
         classifier = OrtClassifier(bundle)
         warm_up(classifier, bundle, batch)
+    # Rich cannot print wider than its console: a log or pipe gets a console wide enough for
+    # the whole table instead of truncated columns.
+    from rich.console import Console
+
+    wide = console if console.is_terminal else Console(stderr=True, highlight=False,
+                                                       width=max(console.width, 140))
     reports = []
     try:
         for video in videos:
@@ -131,7 +137,7 @@ def bench(
                                      gpu_backend=gpu_backend,
                                      say=lambda m: console.print(m, style="dim"))
             reports.append(report)
-            console.print(video_table(report, hardware), width=max(console.width, 132))
+            wide.print(video_table(report, hardware))
             for mode in modes:
                 s = report.speedup(mode)
                 if s is not None:
