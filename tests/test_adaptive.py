@@ -145,3 +145,17 @@ def test_adaptive_on_b_frames_matches_exact(tmp_path: Path, colours) -> None:
     assert labels_of(adaptive) == labels_of(exact)
     # (Scores differ a little where a noise keyframe is held: each noise frame is different.)
     assert times.extra["refined_slots"] < len(exact.probs)
+
+
+def test_adaptive_on_variable_frame_rate(tmp_path: Path, colours) -> None:
+    # Irregular frame times, keyframes every 7 frames, colour changing between keyframes.
+    pts = [0, 90, 400, 950, 1000, 1600, 2300, 2350, 3100, 3900, 4000, 4700, 5200, 5950, 6500,
+           7400, 7450, 8000, 8800, 9500]
+    names = ["red"] * 4 + ["blue"] * 6 + ["green"] * 5 + ["red"] * 5
+    video = encode_frames(tmp_path / "vfr.mp4", [solid(COLOURS[n]) for n in names], pts,
+                          gop=7, options={"sc_threshold": "0"})
+    exact, _ = run(video, colours, "exact", rate=2.0)
+    adaptive, times = run(video, colours, "adaptive", rate=2.0)
+    assert labels_of(adaptive) == labels_of(exact)
+    assert len(set(labels_of(exact))) == 3
+    assert times.extra["keyframes"] == 3

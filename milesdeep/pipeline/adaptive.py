@@ -120,7 +120,11 @@ class StretchSource:
         tb = vs.time_base
         start = self.source.info.start
         rate = self.source.rate
-        container.seek(int(round((key_pts + start) / tb)), stream=vs, backward=True)
+        try:
+            container.seek(int(round((key_pts + start) / tb)), stream=vs, backward=True)
+        except av.error.FFmpegError:
+            raise MilesDeepError(f"cannot seek to {key_pts:.3f} s in this file; "
+                                 "use --sampling exact", self.source.path) from None
         vs.codec_context.flush_buffers()
         vs.codec_context.skip_frame = "DEFAULT"
         i = a

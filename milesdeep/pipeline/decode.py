@@ -270,10 +270,17 @@ class PyAVSource:
             packets = mark_needed(container.demux(vs), vs.time_base, self.info.start, self.rate,
                                   0, n)
         skipping = False
+        flagged = False  # has the demuxer marked any packet as a keyframe?
         try:
             for packet, needed in packets:
-                if keyframes and packet.size and not packet.is_keyframe:
-                    continue  # keyframes only: the decoder never even parses the others
+                if keyframes and packet.size:
+                    # Keyframes only: the decoder never even parses the others. Until one
+                    # packet is marked (some streams carry no flags), the decoder's own
+                    # NONKEY skipping decides.
+                    if packet.is_keyframe:
+                        flagged = True
+                    elif flagged:
+                        continue
                 if needed == skipping:  # switch only when it changes (frame threads copy it)
                     skipping = not needed
                     cc.skip_frame = "NONREF" if skipping else "DEFAULT"
