@@ -92,14 +92,16 @@ def test_plan_takes_every_sample_of_short_videos() -> None:
 # --------------------------------------------------------------------------- decoding
 
 
-def test_seeking_gives_the_pipelines_frames(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gop, bframes", [(25, 2), (90, 0)])
+def test_seeking_gives_the_pipelines_frames(tmp_path: Path, gop: int, bframes: int) -> None:
     """frames_at (seek + decode forward) picks the same picture as the pipeline's source for
-    every sample time, near (no seek) and far (seek) apart, with B-frames and 25-frame GOPs."""
+    every sample time, near (no seek) and far (seek) apart, with B-frames, and with keyframes
+    further apart (13 s) than the distance at which it prefers seeking to decoding."""
     fps, seconds = 7, 30
     frames = np.full((fps * seconds, 90, 160, 3), 40, np.uint8)
     for i in range(len(frames)):
         V.draw_code(frames[i], i)
-    path = V.encode_video(tmp_path / "code.mp4", frames, fps, gop=25, bframes=2)
+    path = V.encode_video(tmp_path / "code.mp4", frames, fps, gop=gop, bframes=bframes)
     for rate in (1.0, 2.5):
         ref = {s.index: s.frame.y.copy() for s in PyAVSource(path, rate=rate)}
         wanted = sorted({0, 1, 2, 9, 10, 11, 20, len(ref) - 2, len(ref) - 1, *range(40, 47)}

@@ -213,12 +213,15 @@ def frames_at(path: Path, times: Sequence[float]) -> Iterator[tuple[float, Frame
                 if prev is not None and (prev[1] <= target + 1e-9 or from_start):
                     break
             assert prev is not None
+            first = i
             for f, t in itertools.chain(frames, [(None, math.inf)]):
                 while i < len(pending) and t > pending[i] + 1e-9:
                     yield pending[i], frame_from_av(prev[0])
                     i += 1
-                if f is None or i >= len(pending) or pending[i] - t > SEEK_GAP:
-                    break  # done, or far ahead: seek rather than decode the gap
+                if f is None or i >= len(pending):
+                    break
+                if i > first and pending[i] - t > SEEK_GAP:
+                    break  # far ahead of a time already served: seek rather than decode
                 prev = (f, t)
     finally:
         container.close()
