@@ -221,8 +221,12 @@ def choose_backend(requested: str, probe: ProbeResult | None,
     if not probe.usable:
         if requested == "gpu":
             raise MilesDeepError(f"--backend gpu: {missing_line(probe)}")
-        return BackendChoice("cpu", f"GPU path unavailable: {missing_line(probe)}",
-                             missing=probe.missing)
+        # Short on purpose: this prints on every CPU run; --backend gpu gives the full list.
+        if "gpu" in probe.problems:
+            why = "no usable NVIDIA GPU"
+        else:
+            why = "GPU packages unusable: " + ", ".join(probe.missing)
+        return BackendChoice("cpu", why, missing=probe.missing)
     assert probe.gpu is not None
     gpu = f"{probe.gpu.name}, sm_{probe.gpu.compute_capability[0]}{probe.gpu.compute_capability[1]}"
     if engine_problem is not None:
