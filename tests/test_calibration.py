@@ -314,6 +314,7 @@ def check_default_model_variants(fp16: Path, int8: Path) -> None:
     assert soft.output[0] == half.graph.output[0].name  # float32 straight to the output
     q = onnx.load(str(int8))
     assert opset(q) == 13 and io_types(q) == [onnx.TensorProto.FLOAT] * 2
+    assert {n.domain for n in q.graph.node} <= {"", "ai.onnx"}  # standard ops only (TensorRT)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
     conv_w = {n.input[1] for n in q.graph.node if n.op_type == "Conv"}
     dq = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in conv_w]
