@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from milesdeep.models.bundle import load_bundle
-from milesdeep.pipeline.adaptive import Held, plan_stretches, uncertain
+from milesdeep.pipeline.adaptive import Held, plan_stretches, uncertain, walkable
 from milesdeep.pipeline.infer import OrtClassifier
 from milesdeep.pipeline.run import RunOptions, StageTimes, classify_video
 from tests.testdata import COLOURS, colour_bundle, colour_video, encode_frames, solid
@@ -111,7 +111,14 @@ def test_plan_stretches_disagreement_uncertainty_and_merging() -> None:
     probs2 = np.array([a, b, b], np.float32)
     assert plan_stretches(held2, probs2, 1.0, 0.0) == [(1, 3, 0), (5, 7, 2)]
     probs3 = np.array([a, b, a], np.float32)
-    assert plan_stretches(held2, probs3, 1.0, 0.0) == [(1, 7, 0)]
+    # Confident disagreements are walked one stretch at a time: never merged.
+    assert plan_stretches(held2, probs3, 1.0, 0.0) == [(1, 3, 0), (3, 5, 1), (5, 7, 2)]
+    assert walkable(held2, probs3, 0.0).tolist() == [True, True, False]
+    # With a margin, a stretch next to an uncertain keyframe is not walkable.
+    held3 = [Held(2 * k, 2, 2.0 * k) for k in range(4)]
+    probs4 = np.array([a, b, shaky, a], np.float32)
+    assert walkable(held3, probs4, 0.1).tolist() == [True, False, False, False]
+    assert plan_stretches(held3, probs4, 1.0, 0.1) == [(1, 2, 0), (3, 8, 1)]
 
 
 @pytest.mark.parametrize("rate", [1.0, 4.0])
@@ -159,3 +166,18 @@ def test_adaptive_on_variable_frame_rate(tmp_path: Path, colours) -> None:
     assert labels_of(adaptive) == labels_of(exact)
     assert len(set(labels_of(exact))) == 3
     assert times.extra["keyframes"] == 3
+
+
+def test_a_change_early_in_a_long_gop_stops_decoding_there(tmp_path: Path, colours) -> None:
+    # Keyframes every 8 s (10 fps): red until 9 s, then blue; the stretch 8..16 is walked from
+    # its keyframe and decoding stops at the first blue sample, not at the next keyframe.
+    pattern = ["red"] * 9 + ["blue"] * 15
+    video = fixed_gop_video(tmp_path / "early.mp4", pattern, 10, 80)
+    exact, t_exact = run(video, colours, "exact")
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(exact) == pattern
+    assert labels_of(adaptive) == pattern
+    assert times.extra["walked_stretches"] == 1
+    # Keyframes (3) + the walk to 10 s (~20 frames) + the last GOP (8 s, 80 frames) at most.
+    assert times.frames_decoded < 3 + 25 + 80 < t_exact.frames_decoded
+    assert times.samples < 3 + 4 + 7

@@ -12,6 +12,10 @@ So, in two passes over the file:
    the stretch before it — is decoded fully: seek to the keyframe, decode to the stretch's last
    slot, and take the picture on screen at every sample time by the same rule as `exact`
    (`milesdeep.pipeline.decode`). Those per-slot results replace the held ones.
+   A stretch refined only because two confident keyframes disagree holds one change: it is
+   *walked*, a couple of samples at a time, and decoding stops at the first sample that
+   agrees confidently with the next keyframe (the slots after it hold that sample), so on a
+   long GOP most of the stretch is never decoded.
 
 Between two agreeing, confident keyframes the class is assumed constant; a change there and
 back inside one GOP is the one thing this can miss (the bench reports the agreement with
@@ -75,11 +79,13 @@ def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: flo
     # Nothing follows the last keyframe to compare it with: its stretch (one GOP per video) is
     # always decoded.
     refine[-1] = True
+    walk = walkable(held, probs, margin, threshold)
     out: list[tuple[int, int, int]] = []
     for j in np.flatnonzero(refine):
         h = held[j]
         a, b = h.index, h.index + h.hold
-        if out and j > 0 and out[-1][1] == a and refine[j - 1]:
+        if out and j > 0 and out[-1][1] == a and refine[j - 1] and not walk[j] \
+                and not walk[j - 1]:
             # The previous stretch ends where this one starts: decode on through the keyframe.
             out[-1] = (out[-1][0], b, out[-1][2])
             continue
@@ -88,6 +94,26 @@ def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: flo
         if a < b:
             out.append((a, b, int(j)))
     return out
+
+
+def walkable(held: list[Held], probs: np.ndarray, margin: float,
+             threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Keyframes whose stretch can be walked: it is refined only because the next keyframe
+    has another winner, and both are confident. Such a stretch holds one change (or the
+    keyframes would not be trusted elsewhere either), so pass 2 decodes it from the start
+    until a sample agrees, confidently, with the next keyframe, and the slots after that
+    hold that sample - on a long GOP most of the stretch is never decoded."""
+    winners = probs.argmax(axis=1)
+    shaky = uncertain(probs, margin, threshold) if margin > 0 else np.zeros(len(held), bool)
+    out = np.zeros(len(held), bool)
+    if len(held) > 1:
+        out[:-1] = (winners[:-1] != winners[1:]) & ~shaky[:-1] & ~shaky[1:]
+    if len(held) > 2:
+        out[1:-1] &= ~shaky[:-2]  # an uncertain keyframe before also asks for this stretch
+    return out
+
+
+WALK_BATCH = 2  # samples classified at a time while walking: small, so decoding stops soon
 
 
 class StretchSource:
@@ -192,7 +218,13 @@ def classify_video_adaptive(
     times=None,
 ) -> Predictions:
     """`classify_video` with adaptive sampling; same inputs, same output."""
-    from milesdeep.pipeline.run import RunOptions, StageTimes, _threaded, classify_samples
+    from milesdeep.pipeline.run import (
+        QUEUE_FRAMES,
+        RunOptions,
+        StageTimes,
+        _threaded,
+        classify_samples,
+    )
 
     options = options or RunOptions(sampling="adaptive")
     times = times if times is not None else StageTimes()
@@ -214,7 +246,7 @@ def classify_video_adaptive(
             last = batch[-1]
             progress(0.5 * min((last.index + last.hold) / options.rate, duration), duration)
 
-    classify_samples(_threaded(source, 2 * options.batch, times), bundle, classifier,
+    classify_samples(_threaded(source, QUEUE_FRAMES, times), bundle, classifier,
                      options.batch, times, on_keys)
     if not held:
         raise MilesDeepError("no samples could be taken from the video", path)
@@ -232,7 +264,10 @@ def classify_video_adaptive(
     times.extra["refined_slots"] = float(to_refine)
     times.extra["keyframes"] = float(len(held))
 
-    refined = StretchSource(source, held, stretches)
+    walk = walkable(held, key_probs, margin)
+    walks = [r for r in stretches if walk[r[2]] and r[1] == held[r[2]].index + held[r[2]].hold]
+    batched = [r for r in stretches if r not in walks]
+    refined = StretchSource(source, held, batched)
     done = 0
 
     def on_refined(batch: list[Sample], p: np.ndarray) -> None:
@@ -243,14 +278,47 @@ def classify_video_adaptive(
         if progress is not None and duration > 0:
             progress(duration * (0.5 + 0.5 * done / max(1, to_refine)), duration)
 
-    if stretches:
-        classify_samples(_threaded(refined, 2 * options.batch, times), bundle, classifier,
+    if batched:
+        classify_samples(_threaded(refined, QUEUE_FRAMES, times), bundle, classifier,
                          options.batch, times, on_refined)
+    def walk_one(run: tuple[int, int, int], src: StretchSource) -> None:
+        """Decode and classify the stretch a few samples at a time until a sample agrees,
+        confidently, with the next keyframe; the rest of the stretch holds that sample."""
+        nonlocal done
+        a, b, j = run
+        target = int(key_probs[j + 1].argmax())
+        last = -1
+        samples = _threaded(src, 1, times)
+        try:
+            while True:
+                chunk = [s for _, s in zip(range(WALK_BATCH), samples)]
+                if not chunk:
+                    return
+                classify_samples(chunk, bundle, classifier, len(chunk), times, on_refined)
+                last = chunk[-1].index
+                row = probs[last: last + 1]
+                if int(row.argmax()) == target and not uncertain(row, margin)[0]:
+                    break
+        finally:
+            samples.close()  # type: ignore[attr-defined]  # ends the decoding thread
+        if last + 1 < b:
+            probs[last + 1: b] = probs[last]
+            done += b - (last + 1)
+
+    walked = [StretchSource(source, held, [r]) for r in walks]
+    for run, src in zip(walks, walked):
+        walk_one(run, src)
     if done != to_refine:
         raise RuntimeError(f"adaptive pass 2 gave {done} of {to_refine} slots")
-    times.frames_decoded = source.stats.frames_decoded + refined.frames_decoded
-    times.decode_errors = source.stats.decode_errors + refined.decode_errors
-    times.extra["decoded_end"] = max(refined.last_end, source.stats.end_time)
+    times.extra["walked_stretches"] = float(len(walks))
+    times.extra["slots_held_after_walks"] = float(
+        to_refine - times.samples + len(held)) if walks else 0.0
+    times.frames_decoded = source.stats.frames_decoded + refined.frames_decoded + sum(
+        w.frames_decoded for w in walked)
+    times.decode_errors = source.stats.decode_errors + refined.decode_errors + sum(
+        w.decode_errors for w in walked)
+    times.extra["decoded_end"] = max([refined.last_end, source.stats.end_time]
+                                     + [w.last_end for w in walked])
     times.total += time.perf_counter() - t_start
     if progress is not None and duration > 0:
         progress(duration, duration)

@@ -51,6 +51,10 @@ class StageTimes:
 
 
 _DONE = object()
+# Decoded pictures waiting for preprocessing. Each is consumed at once into the batch buffer,
+# so a few cover the decoder's jitter; more only hold memory (a 1080p picture is 3 MiB: a
+# bound of 2 * batch let a fast decoder park ~200 MiB, and peak RSS grew with video length).
+QUEUE_FRAMES = 8
 
 
 def _threaded(it: Iterable, maxsize: int, times: StageTimes) -> Iterator:
@@ -164,7 +168,7 @@ def classify_video(
             last = batch[-1]
             progress(min((last.index + last.hold) / options.rate, duration or 1e9), duration)
 
-    classify_samples(_threaded(source, 2 * options.batch, times), bundle, classifier,
+    classify_samples(_threaded(source, QUEUE_FRAMES, times), bundle, classifier,
                      options.batch, times, on_batch)
     times.frames_decoded = source.stats.frames_decoded
     times.decode_errors = source.stats.decode_errors
