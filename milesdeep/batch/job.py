@@ -23,6 +23,7 @@ class FileWork:
     seconds: float  # seconds of video processed
     warnings: list[str] = field(default_factory=list)
     detail: Any = None  # the command's own result (picklable), for its per-file report
+    record: bool = True  # False: leave no state row (a rerun processes the file again)
 
 
 class BatchJob:
@@ -53,6 +54,19 @@ class BatchJob:
     def output_paths(self, path: Path) -> list[Path]:
         """Every final output `path` may get, for clash checks and stale-file cleanup."""
         raise NotImplementedError
+
+    def temporary_patterns(self, path: Path) -> list[tuple[Path, str]]:
+        """(folder, regular expression) for temporaries of outputs whose names are not known
+        before the file is processed (and so are not in `output_paths`)."""
+        return []
+
+    def file_key(self, path: Path) -> str:
+        """What else, besides the input itself, the model and the options, a file's outputs
+        depend on (a digest; "" for nothing): a change of it redoes the file."""
+        return ""
+
+    def close(self) -> None:
+        """Release what `load` took (called once at the end of the run)."""
 
     def prefetch(self, path: Path) -> Any:
         """Runs on a helper thread while the previous file is processed: by default probe

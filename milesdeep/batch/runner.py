@@ -88,11 +88,15 @@ def _temp_pattern(final: Path) -> str:
             + re.escape(final.suffix))
 
 
-def remove_stale_temporaries(finals: Sequence[Path]) -> list[Path]:
-    """Delete temporaries left beside `finals` by a killed run; returns what was removed."""
+def remove_stale_temporaries(finals: Sequence[Path],
+                             patterns: Sequence[tuple[Path, str]] = ()) -> list[Path]:
+    """Delete temporaries left beside `finals` (or in a folder matching a (folder, regex)
+    pattern) by a killed run; returns what was removed."""
     by_dir: dict[Path, list[str]] = {}
     for f in finals:
         by_dir.setdefault(f.parent, []).append(_temp_pattern(f))
+    for d, rx in patterns:
+        by_dir.setdefault(Path(d), []).append(rx)
     removed = []
     for d, patterns in by_dir.items():
         rx = re.compile("(?:" + "|".join(patterns) + ")$")
@@ -249,8 +253,8 @@ class BatchRunner:
                 continue
             st = _stat(p)
             if not self.force and st is not None:
-                key = FileKey.of(p, st, self._model_key, self._opts_hash)
                 try:
+                    key = self._key(p, st)
                     done = self.book.db(self.job.output_dir(p)).lookup(key)
                 except MilesDeepError as e:
                     known[p] = FileOutcome(p, "failed", f"{p}: {e}")
@@ -261,6 +265,11 @@ class BatchRunner:
             pending.append(p)
         return pending, known
 
+    def _key(self, path: Path, st: os.stat_result) -> FileKey:
+        extra = self.job.file_key(path)
+        opts = options_hash(self._opts_hash, {"file": extra}) if extra else self._opts_hash
+        return FileKey.of(path, st, self._model_key, opts)
+
     # --- running ---------------------------------------------------------------------------
 
     def run(self, paths: Sequence[Path]) -> BatchSummary:
@@ -270,7 +279,8 @@ class BatchRunner:
         self._model_key = self.job.model_key()
         self._opts_hash = options_hash(self.job.command, self.job.options())
         pending, known = self._plan(paths)
-        remove_stale_temporaries([f for p in pending for f in self.job.output_paths(p)])
+        remove_stale_temporaries([f for p in pending for f in self.job.output_paths(p)],
+                                 [t for p in pending for t in self.job.temporary_patterns(p)])
         skipped = sum(o.status == "skipped" for o in known.values())
         if skipped and not self.single:
             self._print(f"{skipped} of {len(paths)} files were done before with this model and "
@@ -300,6 +310,7 @@ class BatchRunner:
             summary.interrupted = True
         finally:
             self.book.close()
+            self.job.close()
         summary.outcomes = [outcomes[p] for p in paths if p in outcomes]
         summary.not_started = len(pending) - sum(p in outcomes for p in pending)
         summary.wall = time.perf_counter() - start
@@ -356,9 +367,9 @@ class BatchRunner:
             warnings.append(f"the file changed while it was read ({st0.st_size:,} -> "
                             f"{st1.st_size:,} bytes); the outputs cover what was there when "
                             "it was opened, and the next run will process it again")
-        if st0 is not None:
-            key = FileKey.of(path, st0, self._model_key, self._opts_hash)
+        if st0 is not None and work.record:
             try:
+                key = self._key(path, st0)
                 self.book.db(self.job.output_dir(path)).record(key, self.job.command,
                                                                work.outputs, work.seconds)
             except MilesDeepError as e:

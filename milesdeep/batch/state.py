@@ -8,7 +8,10 @@ every output it lists still exists.
 
 The database sits in each output directory as `.milesdeep-state.sqlite` (WAL journal, so a
 reader never waits for the writer, and a killed writer loses at most its last transaction).
-It is created on the first finished file, never by a run that finished nothing.
+It is created on the first finished file, never by a run that finished nothing (or, for a
+command that must not replace files it did not write, on its first claim: `claim` records
+which input an output path belongs to before that output is written, so a later run may
+replace the outputs an interrupted run left, and only those, without --overwrite).
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ CREATE TABLE IF NOT EXISTS done (
     seconds REAL NOT NULL,       -- seconds of video processed
     finished REAL NOT NULL,      -- Unix time
     PRIMARY KEY (path, model_key, options_hash)
+)
+"""
+
+# Which input each output path was (or is being) written for: recorded *before* the output is
+# written, so it survives a run killed between writing an output and finishing the file.
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    output BLOB PRIMARY KEY,     -- absolute output path, as bytes
+    input BLOB NOT NULL          -- absolute input path, as bytes
 )
 """
 
@@ -95,6 +107,7 @@ class StateDB:
                                      f"program writes {SCHEMA_VERSION}; delete it to start "
                                      "afresh", self.path)
             conn.execute(_SCHEMA)
+            conn.execute(_CLAIMS)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             raise _db_error(e, self.path) from None
@@ -132,6 +145,29 @@ class StateDB:
             )
         except sqlite3.DatabaseError as e:
             raise _db_error(e, self.path) from None
+
+    def claim(self, input_path: Path, outputs: Sequence[Path]) -> None:
+        """Record that `outputs` are written for `input_path` (before writing them)."""
+        src = os.fsencode(os.path.abspath(input_path))
+        try:
+            conn = self._connect(create=True)
+            assert conn is not None
+            conn.executemany("INSERT OR REPLACE INTO claims VALUES (?, ?)",
+                             [(os.fsencode(os.path.abspath(o)), src) for o in outputs])
+        except sqlite3.DatabaseError as e:
+            raise _db_error(e, self.path) from None
+
+    def claimed_by(self, output: Path) -> Path | None:
+        """The input `output` was claimed for, if any."""
+        try:
+            conn = self._connect(create=False)
+            if conn is None:
+                return None
+            row = conn.execute("SELECT input FROM claims WHERE output=?",
+                               (os.fsencode(os.path.abspath(output)),)).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise _db_error(e, self.path) from None
+        return Path(os.fsdecode(row[0])) if row is not None else None
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row (for tests and reports)."""

@@ -1,83 +1,106 @@
-"""`miles-deep edit`: classify a video, then keep (or remove) the seconds of chosen classes.
+"""`miles-deep edit`: classify videos, then keep (or remove) the seconds of chosen classes.
 
 The cut is a stream copy (no re-encoding) unless --precise, which re-encodes only the partial
-GOPs at range boundaries. The original file is only ever read: there is no --replace; delete or
-move the original yourself once you have checked the cut.
+GOPs at range boundaries. Originals are only ever read: there is no --replace; delete or move
+an original yourself once you have checked its cut. The per-video work is
+`milesdeep.batch.edit_job.EditJob`; this module resolves options and prints.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from milesdeep.batch.cli import ForceOpt, FromListOpt, JobsOpt, gather_inputs, run_cli_batch
+from milesdeep.batch.edit_job import EXPORTS, EditJob, EditReport, is_edit_output_name
+from milesdeep.batch.edit_job import parse_targets as parse_targets
+from milesdeep.batch.inputs import read_list
+from milesdeep.batch.runner import FileOutcome, one_line
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
 from milesdeep.errors import MilesDeepError
-from milesdeep.pipeline.planner import PlanParams, plan_union
-from milesdeep.pipeline.predictions import Predictions
-from milesdeep.pipeline.ranges import format_time, kept_ranges, total
+from milesdeep.models.bundle import ModelBundle
+from milesdeep.pipeline.planner import PlanParams
+from milesdeep.pipeline.ranges import format_time
 
-EXPORTS = ("otio", "edl", "fcpxml")
-
-
-def parse_targets(targets: str | None, all_but_other: bool, labels: tuple[str, ...],
-                  other: str | None) -> list[str]:
-    """-t L1,L2, or (default, and -x) every label but the model's "other" one."""
-    if targets is not None and all_but_other:
-        raise MilesDeepError("give either -t LABELS or -x, not both")
-    if targets is not None:
-        names = [t.strip() for t in targets.split(",") if t.strip()]
-        unknown = [n for n in names if n not in labels]
-        if not names or unknown:
-            raise MilesDeepError(f"unknown label(s) {', '.join(unknown) or repr(targets)}; "
-                                 f"the model's labels are: {', '.join(labels)}")
-        return names
-    if other is None or other not in labels:
-        raise MilesDeepError("this model names no 'other' label to leave out; choose targets "
-                             f"with -t (labels: {', '.join(labels)})")
-    return [n for n in labels if n != other]
+USAGE = "miles-deep edit VIDEO|FOLDER [...]"
 
 
-def _predictions(video: Path, from_predictions: Path | None, model: str | None,
-                 caffe: tuple[Path | None, ...], batch: int, rate: float, sampling: str,
-                 backend: str) -> tuple[Predictions, str | None]:
-    """(predictions, the model's other label) from a CSV or by classifying the video."""
-    from milesdeep.pipeline.run import RunOptions
+def drop_walked_outputs(paths: list[Path], videos: list[Path] | None,
+                        from_list: Path | None) -> tuple[list[Path], int]:
+    """Leave out files found by walking a folder that are named like edit outputs
+    (`<stem>.cut.<ext>`, `<stem>.cut/<stem>.cut.<i>.<ext>`), so that editing a folder twice
+    does not edit the first run's cuts. A file named outright is always kept."""
+    named = [Path(v) for v in videos or []]
+    if from_list is not None:
+        named += read_list(from_list)
+    explicit = {os.path.realpath(p) for p in named if not p.is_dir()}
+    kept = [p for p in paths
+            if os.path.realpath(p) in explicit or not is_edit_output_name(p)]
+    return kept, len(paths) - len(kept)
 
-    if from_predictions is not None:
-        from milesdeep.pipeline.predictions import read_predictions_csv
 
-        preds = read_predictions_csv(from_predictions)
-        other = None
-        try:
-            bundle = o.resolve_model_options(model, *caffe)
-            if tuple(bundle.labels) == preds.labels:
-                other = bundle.other_label
-        except MilesDeepError:
-            if model is not None or any(c is not None for c in caffe):
-                raise
-        return preds, other
-    from milesdeep.cli.tag import check_sampling
-    from milesdeep.jobs import open_runner
+def _bundle_for_predictions(model: str | None, caffe: tuple[Path | None, ...]
+                            ) -> ModelBundle | None:
+    """With saved predictions the model only says which label is "other" (for the default
+    targets); a model that cannot be loaded matters only if one was asked for."""
+    try:
+        return o.resolve_model_options(model, *caffe)
+    except MilesDeepError:
+        if model is not None or any(c is not None for c in caffe):
+            raise
+        return None
 
-    bundle = o.resolve_model_options(model, *caffe)
-    options = RunOptions(rate=rate, sampling=check_sampling(sampling),  # type: ignore[arg-type]
-                         batch=batch)
-    from milesdeep.cli.progress import video_progress
-    from milesdeep.pipeline.decode import probe
 
-    with open_runner(bundle, backend, model_arg=model, say=console.print) as runner:
-        info = probe(video)
-        with video_progress(console, video.name, info.duration) as progress:
-            preds = runner.classify(video, options, progress, None)
-    return preds, bundle.other_label
+def _check_targets(job: EditJob, labels: tuple[str, ...]) -> None:
+    """Fail once, before any video is read, when the targets do not fit the labels."""
+    other = job.other_label if job.bundle is not None and \
+        tuple(job.bundle.labels) == labels else None
+    parse_targets(job.targets, job.all_but_other, labels, other)
+
+
+def _say(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _report_single(r: EditReport, remove: bool) -> None:
+    if r.nothing == "no cuts":
+        _say(f"no cuts found for {', '.join(r.targets)} in {r.name}; nothing written")
+        return
+    what = "kept" if not remove else "kept (everything but the cuts)"
+    _say(f"{r.cuts} cut(s) of {'+'.join(r.targets)}; {what}: "
+         f"{format_time(r.kept)} of {format_time(r.duration)}")
+    if r.nothing:
+        _say("the cuts cover the whole video: nothing left to keep; nothing written")
+        return
+    for line in r.lines:
+        _say(line)
+    for path in r.outputs:
+        _say(f"wrote {path}")
+
+
+def _report_line(r: EditReport) -> None:
+    """One line per edited video in a batch."""
+    if r.nothing == "no cuts":
+        text = f"no cuts of {'+'.join(r.targets)}; nothing written"
+    else:
+        text = (f"{r.cuts} cut(s) of {'+'.join(r.targets)}; kept {format_time(r.kept)} of "
+                f"{format_time(r.duration)}")
+        if r.nothing:
+            text += "; nothing left to keep, nothing written"
+        else:
+            text += " -> " + ", ".join(p.name for p in r.outputs)
+    _say(one_line(f"  {r.name}: {text}"))
 
 
 @app.command()
 def edit(
-    video: Annotated[Path, typer.Argument(help="The video to cut (only ever read)")],
+    videos: Annotated[list[Path] | None,
+                      typer.Argument(help="Videos and folders (searched recursively) to cut; "
+                                     "only ever read", readable=False)] = None,
     targets: Annotated[str | None, typer.Option("-t", "--target",
                                                 help="Comma-separated labels to cut out "
                                                 "[default: every label but the model's "
@@ -100,13 +123,15 @@ def edit(
                                           "only the partial GOPs at boundaries (H.264)")
                        ] = False,
     from_predictions: Annotated[Path | None, typer.Option(
-        "--from-predictions", help="Plan from a saved predictions CSV instead of running "
-        "the network")] = None,
+        "--from-predictions", help="Plan from saved predictions instead of running the "
+        "network: a predictions CSV (one video), or a folder holding <stem>.predictions.csv "
+        "for each video (what tag writes)")] = None,
     export: Annotated[str | None, typer.Option(
         "--export", help="Write the cut list as an editorial timeline (otio, edl or fcpxml) "
         "referencing the original, instead of cutting the video")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs")
-                         ] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace files at output paths that an earlier edit of the same "
+        "video did not write (its own outputs are replaced without it)")] = False,
     model: o.ModelOpt = None,
     prototxt: o.ProtoOpt = None,
     weights: o.WeightsOpt = None,
@@ -115,46 +140,75 @@ def edit(
     rate: o.RateOpt = 1.0,
     sampling: o.SamplingOpt = "exact",
     backend: o.BackendOpt = "auto",
+    from_list: FromListOpt = None,
+    force: ForceOpt = False,
+    jobs: JobsOpt = 1,
 ) -> None:
-    """Cut VIDEO to the seconds of the target classes (or, with --remove, without them)."""
-    from milesdeep.pipeline import remux
+    """Cut each VIDEO to the seconds of the target classes (or, with --remove, without them).
+
+    Many videos (and folders) run with one model load. Resume: a rerun skips every video a
+    previous run finished with the same model and options while the video and its outputs
+    are unchanged (state in .milesdeep-state.sqlite in the output folder); --force redoes
+    them. A redo, or the rerun of a killed run, replaces that video's own earlier outputs;
+    a file at an output path that edit did not write for that video is never replaced
+    without --overwrite (the video fails instead). A failed video is one error line and the
+    run goes on; exit status 0 only if no video failed. Files in folders named like edit
+    outputs (*.cut.*, *.cut.N.*) are left out of the walk."""
+    from milesdeep.pipeline.run import RunOptions
 
     if export is not None and export not in EXPORTS:
         raise MilesDeepError(f"--export {export!r} is not one of: {', '.join(EXPORTS)}")
     if export is not None and (pieces or precise):
         raise MilesDeepError("--export writes a timeline, not a video: drop -c / --precise")
-    if not video.is_file():
-        raise MilesDeepError("no such video file", video)
-    params = PlanParams(min_cut, max_gap, min_score, min_coverage)
-    index = remux.index_media(video)  # fails fast on an unreadable video
-    out_dir = output_dir if output_dir is not None else video.parent
-    preds, other = _predictions(video, from_predictions, model,
-                                (prototxt, weights, mean, labels), batch, rate, sampling,
-                                backend)
-    names = parse_targets(targets, all_but_other, preds.labels, other)
-    cuts, _ = plan_union(preds.probs, preds.labels, names, params.for_rate(preds.rate))
-    if not cuts:
-        console.print(f"no cuts found for {', '.join(names)} in {video.name}; nothing written")
-        return
-    ranges = kept_ranges(cuts, preds.rate, index.duration, remove=remove, margin=margin)
-    what = "kept" if not remove else "kept (everything but the cuts)"
-    console.print(f"{len(cuts)} cut(s) of {'+'.join(names)}; {what}: "
-                  f"{format_time(total(ranges))} of {format_time(index.duration)}")
-    if not ranges:
-        console.print("the cuts cover the whole video: nothing left to keep; nothing written")
-        return
     if export is not None:
-        from milesdeep.pipeline.export import adapter_for, build_timeline, write_timeline
+        from milesdeep.pipeline.export import adapter_for
 
-        _, ext = adapter_for(export)
-        path = out_dir / f"{video.stem}.cut{ext}"
-        timeline = build_timeline(video, ranges, index.frame_rate, index.duration)
-        write_timeline(timeline, path, export, overwrite=overwrite)
-        console.print(f"wrote {path}")
-        return
-    result = remux.cut_video(index, ranges, out_dir, precise=precise, pieces=pieces,
-                             overwrite=overwrite)
-    for line in result.summary_lines():
-        console.print(line, markup=False, highlight=False)
-    for path in result.outputs:
-        console.print(f"wrote {path}", markup=False, highlight=False)
+        adapter_for(export)  # a missing adapter is one error, not one per video
+    paths = gather_inputs(videos, from_list, USAGE)
+    paths, left_out = drop_walked_outputs(paths, videos, from_list)
+    if left_out:
+        _say(f"left out {left_out} file(s) named like edit outputs (*.cut.*) found in folders")
+    if not paths:
+        raise MilesDeepError("no video files to edit (only earlier edit outputs found)")
+    caffe = (prototxt, weights, mean, labels)
+    params = PlanParams(min_cut, max_gap, min_score, min_coverage)
+    job = EditJob(None, targets, all_but_other, remove, pieces, margin, precise, export,
+                  overwrite, params, out_dir=output_dir, single=len(paths) == 1)
+    if from_predictions is not None:
+        if not from_predictions.is_dir():
+            if not from_predictions.is_file():
+                raise MilesDeepError("no such predictions file or folder", from_predictions)
+            if len(paths) > 1:
+                raise MilesDeepError("a predictions CSV is for one video; for many, give the "
+                                     "folder of <stem>.predictions.csv files", from_predictions)
+        job.bundle = _bundle_for_predictions(model, caffe)
+        job.predictions = from_predictions
+        if from_predictions.is_file():
+            from milesdeep.pipeline.predictions import read_predictions_csv
+
+            _check_targets(job, tuple(read_predictions_csv(from_predictions).labels))
+    else:
+        from milesdeep.cli.tag import check_sampling
+        from milesdeep.pipeline.backend import resolve_backend
+
+        job.bundle = o.resolve_model_options(model, *caffe)
+        _check_targets(job, tuple(job.bundle.labels))
+        job.run_options = RunOptions(rate=rate, sampling=check_sampling(sampling),  # type: ignore[arg-type]
+                                     batch=batch)
+        choice = resolve_backend(backend, job.bundle, model_arg=model)
+        _say(choice.describe())
+        job.backend, job.model_arg = choice.name, model
+        if choice.name == "gpu" and jobs > 1:
+            _say(f"--jobs {jobs}: the gpu backend runs in one process; ignoring it")
+            jobs = 1
+
+    def report(outcome: FileOutcome) -> None:
+        r = outcome.detail
+        if outcome.status != "done" or not isinstance(r, EditReport):
+            return
+        if len(paths) == 1:
+            _report_single(r, remove)
+        else:
+            _report_line(r)
+
+    run_cli_batch(job, paths, force=force, jobs=jobs, out_dir=output_dir, report=report)

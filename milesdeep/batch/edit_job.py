@@ -1,0 +1,321 @@
+"""`miles-deep edit` as a batch job: per video, classify (or read saved predictions), plan the
+cuts, and write the kept ranges (stream copy, pieces, or an editorial timeline).
+
+Replacing files: an output path that already exists is replaced only if an earlier edit run
+claimed it for the same video (claims are recorded in the output folder's state database
+*before* an output is written, so the outputs of a killed run are replaced by the rerun), or
+with `overwrite`. Anything else there is left alone and that video fails with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from milesdeep.batch.job import BatchJob, FileWork, Progress, readahead
+from milesdeep.batch.state import StateBook
+from milesdeep.errors import MilesDeepError
+from milesdeep.models.bundle import ModelBundle
+from milesdeep.pipeline.planner import PlanParams
+from milesdeep.pipeline.run import RunOptions
+
+EXPORTS = ("otio", "edl", "fcpxml")
+PREDICTIONS_SUFFIX = ".predictions.csv"  # what `tag` writes (milesdeep.jobs)
+
+# Names edit gives its outputs: <stem>.cut<ext> and, with pieces, <stem>.cut.<i><ext>.
+_OUTPUT_NAME = re.compile(r".*\.cut(\.\d+)?$", re.DOTALL)
+
+
+def is_edit_output_name(path: Path) -> bool:
+    """Whether `path` is named like an edit output (so a folder walk leaves it out)."""
+    return bool(_OUTPUT_NAME.match(Path(path).stem))
+
+
+def parse_targets(targets: str | None, all_but_other: bool, labels: tuple[str, ...],
+                  other: str | None) -> list[str]:
+    """-t L1,L2, or (default, and -x) every label but the model's "other" one."""
+    if targets is not None and all_but_other:
+        raise MilesDeepError("give either -t LABELS or -x, not both")
+    if targets is not None:
+        names = [t.strip() for t in targets.split(",") if t.strip()]
+        unknown = [n for n in names if n not in labels]
+        if not names or unknown:
+            raise MilesDeepError(f"unknown label(s) {', '.join(unknown) or repr(targets)}; "
+                                 f"the model's labels are: {', '.join(labels)}")
+        return names
+    if other is None or other not in labels:
+        raise MilesDeepError("this model names no 'other' label to leave out; choose targets "
+                             f"with -t (labels: {', '.join(labels)})")
+    return [n for n in labels if n != other]
+
+
+def _candidate_extensions(path: Path) -> list[str]:
+    """The extensions `remux.output_extension` may choose, without opening the file: the
+    source's, except that a .wmv may become .mkv (decided by its codecs)."""
+    ext = path.suffix or ".mkv"
+    return [".mkv", ext] if ext.lower() == ".wmv" else [ext]
+
+
+@dataclass
+class EditReport:
+    """What one video's edit did (picklable: it crosses from worker processes)."""
+
+    name: str
+    targets: list[str]
+    cuts: int
+    kept: float  # seconds kept
+    duration: float  # seconds in the source
+    outputs: list[Path] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # per-range report of the cut
+    nothing: str = ""  # why nothing was written, if so
+
+
+@dataclass
+class EditJob(BatchJob):
+    """Cut each video to (or, with `remove`, without) the seconds of the target classes.
+
+    `predictions`: None (classify with `bundle`), a predictions CSV (one video), or a folder
+    holding `<stem>.predictions.csv` for each video (what `tag -o FOLDER` writes)."""
+
+    bundle: ModelBundle | None
+    targets: str | None = None  # -t, comma-separated
+    all_but_other: bool = False
+    remove: bool = False
+    pieces: bool = False
+    margin: float = 0.0
+    precise: bool = False
+    export: str | None = None
+    overwrite: bool = False
+    params: PlanParams = field(default_factory=PlanParams)
+    run_options: RunOptions = field(default_factory=RunOptions)
+    predictions: Path | None = None
+    backend: str = "cpu"  # resolved: cpu or gpu
+    model_arg: str | None = None
+    out_dir: Path | None = None
+    single: bool = False  # one video: no state row for "no cuts", so nothing at all is written
+    threads: int = 0  # ONNX Runtime threads (0: every core)
+    command = "edit"
+    _runner: Any = field(default=None, repr=False, compare=False)
+    _stack: Any = field(default=None, repr=False, compare=False)
+    _book: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_runner=None, _stack=None, _book=None)  # each process opens its own
+        return state
+
+    # --- model ---------------------------------------------------------------------------
+
+    @property
+    def other_label(self) -> str | None:
+        return self.bundle.other_label if self.bundle is not None else None
+
+    def load(self) -> None:
+        if self.predictions is not None or self._runner is not None:
+            return
+        from milesdeep.jobs import CpuRunner, GpuRunner
+
+        assert self.bundle is not None
+        self._stack = contextlib.ExitStack()
+        if self.backend == "gpu":
+            from milesdeep.pipeline.run_gpu import open_gpu_backend
+
+            gb = self._stack.enter_context(open_gpu_backend(self.bundle,
+                                                            model_arg=self.model_arg))
+            self._runner = GpuRunner(self.bundle, gb)
+        else:
+            from milesdeep.pipeline.infer import OrtClassifier
+
+            self._runner = CpuRunner(self.bundle, OrtClassifier(self.bundle,
+                                                                threads=self.threads))
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        if self._book is not None:
+            self._book.close()
+        self._runner = self._stack = self._book = None
+
+    def configure_workers(self, jobs: int) -> None:
+        from milesdeep.pipeline.infer import cpu_threads
+
+        share = max(1, cpu_threads() // jobs)
+        self.threads = share
+        self.run_options = RunOptions(**{**asdict(self.run_options), "decode_threads": share})
+
+    # --- identity ------------------------------------------------------------------------
+
+    def model_key(self) -> str:
+        if self.predictions is None:
+            from milesdeep.batch.tag_job import model_key
+
+            assert self.bundle is not None
+            return model_key(self.bundle)
+        # The scores come from the CSVs (see file_key); the model only names "other".
+        return "predictions:" + str(self.other_label)
+
+    def options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "targets": self.targets, "all_but_other": self.all_but_other,
+            "remove": self.remove, "pieces": self.pieces, "margin": self.margin,
+            "precise": self.precise, "export": self.export, "plan": asdict(self.params)}
+        if self.predictions is None:
+            opts.update(rate=self.run_options.rate, sampling=self.run_options.sampling,
+                        adaptive_margin=getattr(self.run_options, "adaptive_margin", None),
+                        backend=self.backend)
+        return opts
+
+    def predictions_csv(self, path: Path) -> Path:
+        assert self.predictions is not None
+        if self.predictions.is_dir():
+            return self.predictions / f"{Path(path).stem}{PREDICTIONS_SUFFIX}"
+        return self.predictions
+
+    def file_key(self, path: Path) -> str:
+        """With saved predictions, the CSV's bytes: a re-tagged video is edited again."""
+        if self.predictions is None:
+            return ""
+        try:
+            return hashlib.sha256(self.predictions_csv(path).read_bytes()).hexdigest()[:32]
+        except OSError:
+            return "unreadable"
+
+    # --- outputs -------------------------------------------------------------------------
+
+    def output_dir(self, path: Path) -> Path:
+        return self.out_dir if self.out_dir is not None else Path(path).parent
+
+    def output_paths(self, path: Path) -> list[Path]:
+        path = Path(path)
+        d, stem = self.output_dir(path), path.stem
+        if self.export is not None:
+            from milesdeep.pipeline.export import FORMATS
+
+            return [d / f"{stem}.cut{FORMATS[self.export][1]}"]
+        if self.pieces:  # the first piece stands for all (same folder, same names)
+            return [d / f"{stem}.cut" / f"{stem}.cut.1{e}" for e in _candidate_extensions(path)]
+        return [d / f"{stem}.cut{e}" for e in _candidate_extensions(path)]
+
+    def temporary_patterns(self, path: Path) -> list[tuple[Path, str]]:
+        """Pieces' temporaries (`milesdeep.pipeline.atomic` names them after the first 40
+        characters of the piece's stem, `<stem>.cut.<i>`)."""
+        if not self.pieces or self.export is not None:
+            return []
+        path = Path(path)
+        prefix = f"{path.stem}.cut."
+        head = re.escape(prefix[:40]) + (r"\d*" if len(prefix) < 40 else "")
+        folder = self.output_dir(path) / f"{path.stem}.cut"
+        return [(folder, r"\." + head + r"\.[a-z0-9_]{8}\.part" + re.escape(e))
+                for e in _candidate_extensions(path)]
+
+    def _db(self, path: Path):  # noqa: ANN202  (StateDB)
+        if self._book is None:
+            self._book = StateBook()
+        return self._book.db(self.output_dir(path))
+
+    def _claim(self, path: Path, outputs: list[Path]) -> None:
+        """Refuse to replace what another program (or another video) put at an output path,
+        unless --overwrite; then claim the paths for this video before writing them."""
+        db = self._db(path)
+        me = Path(os.path.abspath(path))
+        if not self.overwrite:
+            for o in outputs:
+                if os.path.lexists(o) and db.claimed_by(o) != me:
+                    raise MilesDeepError("output exists; pass --overwrite to replace it", o)
+        db.claim(path, outputs)
+
+    def _drop_stale_pieces(self, path: Path, outputs: list[Path]) -> None:
+        """A redo that gives fewer pieces removes this video's own surplus pieces."""
+        if not outputs:
+            return
+        db, me = self._db(path), Path(os.path.abspath(path))
+        last = outputs[-1]
+        stem, ext = Path(path).stem, last.suffix
+        i = len(outputs) + 1
+        while True:
+            extra = last.parent / f"{stem}.cut.{i}{ext}"
+            if not extra.exists() or db.claimed_by(extra) != me:
+                return
+            extra.unlink()
+            i += 1
+
+    # --- work ----------------------------------------------------------------------------
+
+    def prefetch(self, path: Path) -> Any:
+        """Index every packet (no decoding) while the previous video is classified: a bad
+        file fails here, and its bytes are in the page cache for the classifier."""
+        from milesdeep.pipeline.decode import probe
+        from milesdeep.pipeline.remux import index_media
+
+        probe(path)  # clear errors for missing files, FIFOs, files with no video
+        readahead(path)
+        return index_media(path)
+
+    def duration(self, prefetched: Any) -> float:
+        return float(prefetched.duration)
+
+    def _scores(self, path: Path, progress: Progress | None):  # noqa: ANN202  (Predictions)
+        if self.predictions is not None:
+            from milesdeep.pipeline.predictions import read_predictions_csv
+
+            csv = self.predictions_csv(path)
+            if not csv.is_file():
+                raise MilesDeepError(f"no predictions file {csv}; run miles-deep tag on it "
+                                     "first, or drop --from-predictions", path)
+            return read_predictions_csv(csv)
+        self.load()
+        return self._runner.classify(path, self.run_options, progress, None)
+
+    def process(self, path: Path, prefetched: Any, progress: Progress | None) -> FileWork:
+        from milesdeep.pipeline import remux
+        from milesdeep.pipeline.planner import plan_union
+        from milesdeep.pipeline.ranges import kept_ranges, total
+
+        index = prefetched
+        path = Path(path)
+        preds = self._scores(path, progress)
+        other = self.other_label if self.bundle is not None and \
+            tuple(self.bundle.labels) == tuple(preds.labels) else None
+        names = parse_targets(self.targets, self.all_but_other, tuple(preds.labels), other)
+        cuts, _ = plan_union(preds.probs, preds.labels, names, self.params.for_rate(preds.rate))
+        seconds = float(index.duration)
+        report = EditReport(path.name, names, len(cuts), 0.0, seconds)
+        if not cuts:
+            report.nothing = "no cuts"
+            return FileWork([], seconds, detail=report, record=not self.single)
+        ranges = kept_ranges(cuts, preds.rate, index.duration, remove=self.remove,
+                             margin=self.margin)
+        report.kept = float(total(ranges))
+        if not ranges:
+            report.nothing = "all cut"
+            return FileWork([], seconds, detail=report, record=not self.single)
+        out_dir = self.output_dir(path)
+        warnings: list[str] = []
+        if self.export is not None:
+            from milesdeep.pipeline.export import adapter_for, build_timeline, write_timeline
+
+            _, ext = adapter_for(self.export)
+            outputs = [out_dir / f"{path.stem}.cut{ext}"]
+            self._claim(path, outputs)
+            timeline = build_timeline(path, ranges, index.frame_rate, index.duration)
+            write_timeline(timeline, outputs[0], self.export, overwrite=True)
+        else:
+            n = len(ranges) if self.pieces else 1
+            outputs = remux.output_paths(index, out_dir, n, self.pieces)
+            self._claim(path, outputs)
+            result = remux.cut_video(index, ranges, out_dir, precise=self.precise,
+                                     pieces=self.pieces, overwrite=True)
+            outputs = list(result.outputs)
+            if self.pieces:
+                self._drop_stale_pieces(path, outputs)
+            report.lines = result.summary_lines()
+            if not self.single:  # a batch shows what went wrong with --precise as warnings
+                warnings = sorted({note for plan in result.plans for note in plan.notes
+                                   if "--precise" in note})
+        report.outputs = outputs
+        return FileWork(outputs, seconds, warnings, report)
