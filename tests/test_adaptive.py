@@ -94,7 +94,7 @@ def test_uncertain_rows() -> None:
     assert uncertain(q, 0.1).tolist() == [True, False]
 
 
-def test_plan_stretches_disagreement_uncertainty_and_merging() -> None:
+def test_plan_stretches_disagreement_uncertainty_and_walks() -> None:
     # Keyframes every 2 s at whole seconds, 1 sample per second: slot 2k shows keyframe k.
     held = [Held(2 * k, 2, 2.0 * k) for k in range(6)]
     a, b = [0.9, 0.1], [0.1, 0.9]
@@ -102,8 +102,9 @@ def test_plan_stretches_disagreement_uncertainty_and_merging() -> None:
     probs = np.array([a, a, b, b, shaky, a], np.float32)
     # 1|2 disagree -> slots of keyframe 1 (2..3, slot 2 is the keyframe itself: 3..4).
     # Keyframe 4 is uncertain -> stretches of keyframes 3 and 4; the last keyframe's stretch
-    # is always refined; 3, 4, 5 touch, so one run decodes 7..12 through keyframes 4 and 5.
-    assert plan_stretches(held, probs, 1.0, 0.1) == [(3, 4, 1), (7, 12, 3)]
+    # is always refined; each is decoded from its own keyframe (slots 6, 8, 10 are keyframes).
+    assert plan_stretches(held, probs, 1.0, 0.1) == [(3, 4, 1), (7, 8, 3), (9, 10, 4),
+                                                     (11, 12, 5)]
     # With no margin only the disagreement counts (3|4: b vs shaky-a also disagree).
     assert plan_stretches(held, probs, 1.0, 0.0) == [(3, 4, 1), (7, 8, 3), (11, 12, 5)]
     # Keyframes off the sample grid: the keyframe's own slot must be decoded too.
@@ -111,14 +112,15 @@ def test_plan_stretches_disagreement_uncertainty_and_merging() -> None:
     probs2 = np.array([a, b, b], np.float32)
     assert plan_stretches(held2, probs2, 1.0, 0.0) == [(1, 3, 0), (5, 7, 2)]
     probs3 = np.array([a, b, a], np.float32)
-    # Confident disagreements are walked one stretch at a time: never merged.
+    # Confident disagreements are walked, one stretch at a time.
     assert plan_stretches(held2, probs3, 1.0, 0.0) == [(1, 3, 0), (3, 5, 1), (5, 7, 2)]
     assert walkable(held2, probs3, 0.0).tolist() == [True, True, False]
     # With a margin, a stretch next to an uncertain keyframe is not walkable.
     held3 = [Held(2 * k, 2, 2.0 * k) for k in range(4)]
     probs4 = np.array([a, b, shaky, a], np.float32)
     assert walkable(held3, probs4, 0.1).tolist() == [True, False, False, False]
-    assert plan_stretches(held3, probs4, 1.0, 0.1) == [(1, 2, 0), (3, 8, 1)]
+    assert plan_stretches(held3, probs4, 1.0, 0.1) == [(1, 2, 0), (3, 4, 1), (5, 6, 2),
+                                                       (7, 8, 3)]
 
 
 @pytest.mark.parametrize("rate", [1.0, 4.0])

@@ -67,7 +67,7 @@ def uncertain(probs: np.ndarray, margin: float, threshold: float = DEFAULT_THRES
 def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: float,
                    threshold: float = DEFAULT_THRESHOLD) -> list[tuple[int, int, int]]:
     """Slot ranges to decode fully, as (first slot, stop slot, index into `held` of the keyframe
-    to start decoding from), merged where they touch, in order."""
+    to start decoding from), one per refined keyframe stretch, in order."""
     if not held:
         return []
     winners = probs.argmax(axis=1)
@@ -79,16 +79,13 @@ def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: flo
     # Nothing follows the last keyframe to compare it with: its stretch (one GOP per video) is
     # always decoded.
     refine[-1] = True
-    walk = walkable(held, probs, margin, threshold)
     out: list[tuple[int, int, int]] = []
     for j in np.flatnonzero(refine):
+        # Every stretch seeks to its own keyframe, even right after another one: decoding on
+        # through would also decode the pictures between the earlier stretch's last sample and
+        # this keyframe, which no sample needs (half a GOP when one sample per GOP is refined).
         h = held[j]
         a, b = h.index, h.index + h.hold
-        if out and j > 0 and out[-1][1] == a and refine[j - 1] and not walk[j] \
-                and not walk[j - 1]:
-            # The previous stretch ends where this one starts: decode on through the keyframe.
-            out[-1] = (out[-1][0], b, out[-1][2])
-            continue
         if abs(a / rate - h.pts) < 1e-6:
             a += 1  # slot a shows the keyframe itself: pass 1 already has it exactly
         if a < b:
