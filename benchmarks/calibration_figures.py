@@ -3,12 +3,14 @@
     python benchmarks/calibration_figures.py [--frames 512] [--methods entropy,minmax,percentile]
                                              [--model open-nsfw] [--workdir DIR]
 
-Makes three videos at one picture per second of content change (480x360, 5 fps, H.264):
+Makes four videos at one picture per second of content change (480x360, 5 fps, H.264):
 - patterns: colour bars, gradients, checkerboards, rings, stripes, solid colours, each held for
   3-6 seconds with a small shift every second;
 - natural: scikit-image's bundled photographs (astronaut, coffee, chelsea, rocket, ...), each
   held for 4-8 seconds with a slow pan and zoom (skipped, with a note, without scikit-image);
 - noise: uniform, coloured, blurred (several scales) and salt-and-pepper noise, new each second.
+- skin-shapes: shaded skin-coloured ellipses on plain backgrounds, which the default model
+  scores across the nsfw range, so that cut decisions near its threshold are exercised.
 Then runs the library exactly as `miles-deep calibrate` does (frames sampled across the videos
 and time, half calibration / half held out, variants, report) and prints the report per kind
 of content. With --emulate-fp16 it also measures an FP16 *storage* emulation (FP32 graph with
@@ -99,7 +101,7 @@ def patterns(rng: np.random.Generator) -> list[np.ndarray]:
         pics.append(np.concatenate([v, v // 3, 255 - v], axis=2))
     frames = []
     for pic in pics:
-        for _ in range(int(rng.integers(3, 7))):
+        for _ in range(int(rng.integers(5, 9))):
             shifted = np.roll(pic, (int(rng.integers(-8, 9)), int(rng.integers(-8, 9))), (0, 1))
             frames += [shifted] * FPS
     return frames
@@ -122,7 +124,7 @@ def natural(rng: np.random.Generator) -> tuple[list[np.ndarray], list[str]]:
             print(f"  skipping {name}: {type(e).__name__}")
             continue
         used.append(name)
-        secs = int(rng.integers(4, 9))
+        secs = int(rng.integers(8, 14))
         dx0, dy0 = rng.uniform(-1, 1, 2)
         for k in range(secs * FPS):
             t = k / (secs * FPS)
@@ -130,7 +132,7 @@ def natural(rng: np.random.Generator) -> tuple[list[np.ndarray], list[str]]:
     return frames, used
 
 
-def noise(rng: np.random.Generator, seconds: int = 120) -> list[np.ndarray]:
+def noise(rng: np.random.Generator, seconds: int = 150) -> list[np.ndarray]:
     import cv2
 
     frames = []
@@ -153,6 +155,28 @@ def noise(rng: np.random.Generator, seconds: int = 120) -> list[np.ndarray]:
             tint = rng.uniform(0.3, 1.0, 3)
             img = (rng.integers(0, 256, (H, W, 3)) * tint).astype(np.uint8)
         frames += [img] * FPS
+    return frames
+
+
+def skin_shapes(rng: np.random.Generator, pictures: int = 60) -> list[np.ndarray]:
+    """Shaded skin-coloured ellipses on plain backgrounds: innocuous pictures that the default
+    model scores across the whole nsfw range (0.01-0.7 measured), so cut decisions near the
+    threshold are exercised. Each held for 3-6 seconds with a small shift every second."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    frames = []
+    for _ in range(pictures):
+        img = np.zeros((H, W, 3), np.float32) + rng.integers(0, 256, 3)
+        for _ in range(int(rng.integers(1, 5))):
+            cx, cy = rng.uniform(0, W), rng.uniform(0, H)
+            ax, ay = rng.uniform(40, 200, 2)
+            d = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2
+            skin = np.array([rng.uniform(180, 240), rng.uniform(120, 180), rng.uniform(90, 150)])
+            shade = np.clip(1.1 - 0.4 * d, 0, 1)[..., None]
+            img = np.where((d < 1)[..., None], skin * shade + (1 - shade) * 40, img)
+        pic = np.clip(img, 0, 255).astype(np.uint8)
+        for _ in range(int(rng.integers(3, 7))):
+            shifted = np.roll(pic, (int(rng.integers(-6, 7)), int(rng.integers(-6, 7))), (0, 1))
+            frames += [shifted] * FPS
     return frames
 
 
@@ -219,6 +243,7 @@ def main() -> None:
     if nat:
         kinds.append(("natural", encode(work / "natural.mp4", nat)))
     kinds.append(("noise", encode(work / "noise.mp4", noise(rng))))
+    kinds.append(("skin-shapes", encode(work / "skin.mp4", skin_shapes(rng))))
     print(f"videos: {', '.join(k for k, _ in kinds)} in {work} "
           f"({time.perf_counter() - t0:.0f} s); natural images: {', '.join(used)}")
 
@@ -258,13 +283,13 @@ def main() -> None:
 
     print(f"\n{bundle.name}: agreement with FP32 on held-out frames "
           f"(FP32 winner shares: {results['fp32_winner_share']})")
-    head = f"{'variant':24} {'frames':>10} {'n':>5} {'top-1':>8} {'mean|dp|':>9} " \
+    head = f"{'variant':24} {'frames':>12} {'n':>5} {'top-1':>8} {'mean|dp|':>9} " \
            f"{'max|dp|':>8} {'cuts agree':>11}"
     print(head)
     print("-" * len(head))
     for name, entry in results["variants"].items():
         for kind, f in entry.items():
-            print(f"{name:24} {kind:>10} {f['samples']:5d} {f['top1_agreement']:8.2%} "
+            print(f"{name:24} {kind:>12} {f['samples']:5d} {f['top1_agreement']:8.2%} "
                   f"{f['mean_abs_dp']:9.5f} {f['max_abs_dp']:8.4f} "
                   f"{f['cut_agreement']:10.2%} ({f['cut_decisions'] - f['cut_disagreements']}"
                   f"/{f['cut_decisions']})")
