@@ -113,8 +113,12 @@ def test_files_and_folders_cut_a_broken_file_fails_alone_rerun_skips_force_redoe
     assert stamps(cuts) == first
     assert not list(lib.rglob("*.cut.cut*"))
 
-    # --force redoes them, replacing edit's own outputs without --overwrite.
+    # --force redoes them, replacing edit's own outputs without --overwrite (and removing
+    # what a killed run left at a temporary name).
+    stale = lib / ".x.cut.k1ll_3d0.part.mp4"
+    stale.write_bytes(b"partial")
     assert edit(*args, "--force") == 1
+    assert not stale.exists()
     err = capsys.readouterr().err
     assert "were done before" not in err and "output exists" not in err
     assert len(errors(err)) == 1

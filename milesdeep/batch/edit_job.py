@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ class EditJob(BatchJob):
     out_dir: Path | None = None
     single: bool = False  # one video: no state row for "no cuts", so nothing at all is written
     threads: int = 0  # ONNX Runtime threads (0: every core)
+    say: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
     command = "edit"
     _runner: Any = field(default=None, repr=False, compare=False)
     _stack: Any = field(default=None, repr=False, compare=False)
@@ -106,7 +108,8 @@ class EditJob(BatchJob):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_runner=None, _stack=None, _book=None)  # each process opens its own
+        # Each process opens its own; worker processes do not print.
+        state.update(_runner=None, _stack=None, _book=None, say=None)
         return state
 
     # --- model ---------------------------------------------------------------------------
@@ -125,7 +128,7 @@ class EditJob(BatchJob):
         if self.backend == "gpu":
             from milesdeep.pipeline.run_gpu import open_gpu_backend
 
-            gb = self._stack.enter_context(open_gpu_backend(self.bundle,
+            gb = self._stack.enter_context(open_gpu_backend(self.bundle, say=self.say,
                                                             model_arg=self.model_arg))
             self._runner = GpuRunner(self.bundle, gb)
         else:

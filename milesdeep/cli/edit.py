@@ -152,8 +152,8 @@ def edit(
     them. A redo, or the rerun of a killed run, replaces that video's own earlier outputs;
     a file at an output path that edit did not write for that video is never replaced
     without --overwrite (the video fails instead). A failed video is one error line and the
-    run goes on; exit status 0 only if no video failed. Files in folders named like edit
-    outputs (*.cut.*, *.cut.N.*) are left out of the walk."""
+    run goes on; exit status 0 only if no video failed. Files found in folders that are named
+    like edit outputs (*.cut.*, *.cut.N.*) are left out (name them to edit them)."""
     from milesdeep.pipeline.run import RunOptions
 
     if export is not None and export not in EXPORTS:
@@ -197,7 +197,7 @@ def edit(
                                      batch=batch)
         choice = resolve_backend(backend, job.bundle, model_arg=model)
         _say(choice.describe())
-        job.backend, job.model_arg = choice.name, model
+        job.backend, job.model_arg, job.say = choice.name, model, _say
         if choice.name == "gpu" and jobs > 1:
             _say(f"--jobs {jobs}: the gpu backend runs in one process; ignoring it")
             jobs = 1
