@@ -110,7 +110,7 @@ def walkable(held: list[Held], probs: np.ndarray, margin: float,
     return out
 
 
-WALK_BATCH = 2  # samples classified at a time while walking: small, so decoding stops soon
+WALK_BATCH = 1  # samples decoded, then classified, at a time while walking
 
 
 class StretchSource:
@@ -285,10 +285,15 @@ def classify_video_adaptive(
         a, b, j = run
         target = int(key_probs[j + 1].argmax())
         last = -1
-        samples = _threaded(src, 1, times)
+        # Decoding runs in step with classification here (no thread running ahead): every
+        # picture decoded past the agreeing sample would be wasted, and decoding a sample's
+        # pictures costs far more than classifying it.
+        samples = iter(src)
         try:
             while True:
+                t0 = time.perf_counter()
                 chunk = [s for _, s in zip(range(WALK_BATCH), samples)]
+                times.decode += time.perf_counter() - t0
                 if not chunk:
                     return
                 classify_samples(chunk, bundle, classifier, len(chunk), times, on_refined)
@@ -297,7 +302,7 @@ def classify_video_adaptive(
                 if int(row.argmax()) == target and not uncertain(row, margin)[0]:
                     break
         finally:
-            samples.close()  # type: ignore[attr-defined]  # ends the decoding thread
+            samples.close()  # type: ignore[attr-defined]  # closes the container
         if last + 1 < b:
             probs[last + 1: b] = probs[last]
             done += b - (last + 1)
