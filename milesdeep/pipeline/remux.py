@@ -461,7 +461,9 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
     carried = [vidx] + [i for i, p in plan.others.items() if p]
     encoder = smartcut.SegmentEncoder(index.path, vidx) if plan.precise else None
     avcc = smartcut.parse_avcc(src.streams[vidx].codec_context.extradata)
-    with av.open(str(tmp), "w", format=_format_for(tmp)) as out:
+    # bitexact: no random IDs or dates in the header (Matroska), so a rerun gives the same bytes.
+    with av.open(str(tmp), "w", format=_format_for(tmp),
+                 container_options={"fflags": "+bitexact"}) as out:
         out_streams: dict[int, av.stream.Stream] = {}
         for i in carried:
             s = src.streams[i]
