@@ -125,17 +125,38 @@ class StretchSource:
         self.decode_errors = 0  # damaged packets skipped in the refined stretches
         self.last_end = 0.0  # end of the last picture decoded (a truncated file ends early)
 
-    def __iter__(self) -> Iterator[Sample]:
-        container = open_video(self.source.path)
-        try:
-            vs = container.streams.video[0]
-            cc = vs.codec_context
+        self._container = None  # opened once for every stretch (opening costs ~60 ms)
+
+    def _open(self):
+        if self._container is None:
+            self._container = open_video(self.source.path)
+            cc = self._container.streams.video[0].codec_context
             cc.thread_type = "AUTO"
             cc.thread_count = self.source.threads
-            for a, b, j in self.stretches:
-                yield from self._stretch(container, vs, a, b, self.held[j].pts)
-        finally:
-            container.close()
+        return self._container
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> StretchSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Sample]:
+        """Every stretch given at construction, in order (the container stays open)."""
+        for run in self.stretches:
+            yield from self.samples(run)
+
+    def samples(self, run: tuple[int, int, int]) -> Iterator[Sample]:
+        """The samples of one stretch (first slot, stop slot, keyframe index)."""
+        a, b, j = run
+        container = self._open()
+        yield from self._stretch(container, container.streams.video[0], a, b,
+                                 self.held[j].pts)
 
     def _stretch(self, container, vs, a: int, b: int, key_pts: float) -> Iterator[Sample]:
         import av
@@ -264,6 +285,7 @@ def classify_video_adaptive(
     walk = walkable(held, key_probs, margin)
     walks = [r for r in stretches if walk[r[2]] and r[1] == held[r[2]].index + held[r[2]].hold]
     batched = [r for r in stretches if r not in walks]
+    # One container for every stretch, batched or walked.
     refined = StretchSource(source, held, batched)
     done = 0
 
@@ -275,20 +297,19 @@ def classify_video_adaptive(
         if progress is not None and duration > 0:
             progress(duration * (0.5 + 0.5 * done / max(1, to_refine)), duration)
 
-    if batched:
-        classify_samples(_threaded(refined, QUEUE_FRAMES, times), bundle, classifier,
-                         options.batch, times, on_refined)
-    def walk_one(run: tuple[int, int, int], src: StretchSource) -> None:
+    held_after = 0
+
+    def walk_one(run: tuple[int, int, int]) -> None:
         """Decode and classify the stretch a few samples at a time until a sample agrees,
         confidently, with the next keyframe; the rest of the stretch holds that sample."""
-        nonlocal done
+        nonlocal done, held_after
         a, b, j = run
         target = int(key_probs[j + 1].argmax())
         last = -1
         # Decoding runs in step with classification here (no thread running ahead): every
         # picture decoded past the agreeing sample would be wasted, and decoding a sample's
         # pictures costs far more than classifying it.
-        samples = iter(src)
+        samples = refined.samples(run)
         try:
             while True:
                 t0 = time.perf_counter()
@@ -302,25 +323,27 @@ def classify_video_adaptive(
                 if int(row.argmax()) == target and not uncertain(row, margin)[0]:
                     break
         finally:
-            samples.close()  # type: ignore[attr-defined]  # closes the container
+            samples.close()  # type: ignore[attr-defined]
         if last + 1 < b:
             probs[last + 1: b] = probs[last]
             done += b - (last + 1)
+            held_after += b - (last + 1)
 
-    walked = [StretchSource(source, held, [r]) for r in walks]
-    for run, src in zip(walks, walked):
-        walk_one(run, src)
+    try:
+        if batched:
+            classify_samples(_threaded(refined, QUEUE_FRAMES, times), bundle, classifier,
+                             options.batch, times, on_refined)
+        for run in walks:
+            walk_one(run)
+    finally:
+        refined.close()
     if done != to_refine:
         raise RuntimeError(f"adaptive pass 2 gave {done} of {to_refine} slots")
     times.extra["walked_stretches"] = float(len(walks))
-    times.extra["slots_held_after_walks"] = float(
-        to_refine - times.samples + len(held)) if walks else 0.0
-    times.frames_decoded = source.stats.frames_decoded + refined.frames_decoded + sum(
-        w.frames_decoded for w in walked)
-    times.decode_errors = source.stats.decode_errors + refined.decode_errors + sum(
-        w.decode_errors for w in walked)
-    times.extra["decoded_end"] = max([refined.last_end, source.stats.end_time]
-                                     + [w.last_end for w in walked])
+    times.extra["slots_held_after_walks"] = float(held_after)
+    times.frames_decoded = source.stats.frames_decoded + refined.frames_decoded
+    times.decode_errors = source.stats.decode_errors + refined.decode_errors
+    times.extra["decoded_end"] = max(refined.last_end, source.stats.end_time)
     times.total += time.perf_counter() - t_start
     if progress is not None and duration > 0:
         progress(duration, duration)
