@@ -111,6 +111,7 @@ def walkable(held: list[Held], probs: np.ndarray, margin: float,
 
 
 WALK_BATCH = 1  # samples decoded, then classified, at a time while walking
+MIN_WALK = 3  # shorter stretches are decoded whole, overlapped with inference
 
 
 class StretchSource:
@@ -283,7 +284,10 @@ def classify_video_adaptive(
     times.extra["keyframes"] = float(len(held))
 
     walk = walkable(held, key_probs, margin)
-    walks = [r for r in stretches if walk[r[2]] and r[1] == held[r[2]].index + held[r[2]].hold]
+    # Walking decodes in step with classification (no overlap), so it only pays where there
+    # are slots to save: a stretch of a sample or two goes with the batched ones.
+    walks = [r for r in stretches if walk[r[2]] and r[1] - r[0] >= MIN_WALK
+             and r[1] == held[r[2]].index + held[r[2]].hold]
     batched = [r for r in stretches if r not in walks]
     # One container for every stretch, batched or walked.
     refined = StretchSource(source, held, batched)
