@@ -403,8 +403,12 @@ def bench_isolated(video: Path, sampling: str, model: str | None = None, rate: f
     """One run in a fresh Python process, so its peak RSS is its own."""
     args = json.dumps({"video": str(video), "sampling": sampling, "model": model,
                        "rate": rate, "batch": batch, "threads": decode_threads})
+    # The child imports this same copy of the package, installed or not.
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "milesdeep.bench", args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          text=True, timeout=timeout, check=False, env=env)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("{")), None)
     if proc.returncode != 0 or line is None:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
