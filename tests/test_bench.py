@@ -154,3 +154,21 @@ def test_run_matrix_writes_markdown_and_json(tmp_path: Path, bundle_dir: Path) -
     assert "| target | measured | met |" in md and f"| {rm.MAIN} | adaptive |" in md
     assert [t["target"].split(" ")[0] for t in doc["targets"]] == ["adaptive", "adaptive",
                                                                    "exact"]
+
+
+def test_bench_takes_folders_and_goes_on_past_a_broken_file(tmp_path: Path, bundle_dir: Path,
+                                                            capsys) -> None:
+    folder = tmp_path / "videos"
+    (folder / "sub").mkdir(parents=True)
+    colour_video(folder / "a.mp4", ["red"] * 2, fps=5)
+    colour_video(folder / "sub" / "b.mp4", ["blue"] * 3, fps=5)
+    (folder / "broken.mp4").write_bytes(b"\x00not a video" * 50)
+    out = tmp_path / "bench.json"
+    rc = run_app(["bench", str(folder), "--model", str(bundle_dir), "--sampling", "exact",
+                  "--json", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1  # one file failed
+    assert sum(line.startswith("error:") for line in err.splitlines()) == 1
+    assert "broken.mp4" in err and "Traceback" not in err
+    measured = sorted(Path(v["video"]).name for v in json.loads(out.read_text())["videos"])
+    assert measured == ["a.mp4", "b.mp4"]

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from milesdeep.batch.cli import FromListOpt, gather_inputs
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
 from milesdeep.errors import MilesDeepError
@@ -55,7 +57,9 @@ def video_table(report, hardware: dict) -> Table:
 
 @app.command()
 def bench(
-    videos: Annotated[list[Path], typer.Argument(help="Video file(s) to measure")],
+    videos: Annotated[list[Path] | None, typer.Argument(
+        help="Video files or folders (searched recursively) to measure")] = None,
+    from_list: FromListOpt = None,
     backend: Annotated[str, typer.Option("--backend", help="cpu or gpu")] = "cpu",
     sampling: Annotated[list[str] | None, typer.Option(
         "--sampling", help="adaptive, exact or keyframes; repeat for several "
@@ -91,9 +95,7 @@ def bench(
             raise MilesDeepError(f"--sampling {m!r} is not one of: {', '.join(SAMPLING_MODES)}")
     if backend not in ("cpu", "gpu"):
         raise MilesDeepError(f"--backend {backend!r}: bench measures cpu or gpu")
-    for v in videos:
-        if not Path(v).is_file():
-            raise MilesDeepError("no such file", v)
+    videos = gather_inputs(videos, from_list, "miles-deep bench VIDEO [VIDEO...]")
     bundle = o.resolve_model_options(model)
     choice = resolve_backend(backend, bundle)  # --backend gpu without one: E's one line
     gpu_backend, gpu_info = None, None
@@ -121,21 +123,29 @@ def bench(
 
     wide = console if console.is_terminal else Console(stderr=True, highlight=False,
                                                        width=max(console.width, 140))
+
+    def _bench_one(video: Path) -> VideoReport:
+        if isolate:
+            runs = [bench_isolated(video, m, model, rate, batch) for m in modes]
+            if decode_reference:
+                runs.append(bench_isolated(video, "decode-only", model, rate, batch))
+            if baseline:
+                runs.append(bench_isolated(video, BASELINE, model, rate, batch))
+            return VideoReport(str(video), max(r.duration for r in runs), runs)
+        return bench_video(video, bundle, classifier, modes, baseline=baseline,
+                           decode_reference=decode_reference, rate=rate, batch=batch,
+                           gpu_backend=gpu_backend, say=lambda m: console.print(m, style="dim"))
+
     reports = []
+    failed = 0
     try:
         for video in videos:
-            if isolate:
-                runs = [bench_isolated(video, m, model, rate, batch) for m in modes]
-                if decode_reference:
-                    runs.append(bench_isolated(video, "decode-only", model, rate, batch))
-                if baseline:
-                    runs.append(bench_isolated(video, BASELINE, model, rate, batch))
-                report = VideoReport(str(video), max(r.duration for r in runs), runs)
-            else:
-                report = bench_video(video, bundle, classifier, modes, baseline=baseline,
-                                     decode_reference=decode_reference, rate=rate, batch=batch,
-                                     gpu_backend=gpu_backend,
-                                     say=lambda m: console.print(m, style="dim"))
+            try:
+                report = _bench_one(video)
+            except MilesDeepError as e:  # one bad file is one line; the others are measured
+                failed += 1
+                console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+                continue
             reports.append(report)
             wide.print(video_table(report, hardware))
             for mode in modes:
@@ -152,6 +162,8 @@ def bench(
                "agreement_rule": "share of sample slots whose winning label equals exact's"}
         write_text_atomic(json_out, json.dumps(doc, indent=1))
         console.print(f"wrote {json_out}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def warm_up(classifier, bundle, batch: int) -> None:
