@@ -243,6 +243,7 @@ def classify_video_adaptive(
         StageTimes,
         _threaded,
         classify_samples,
+        to_predictions,
     )
 
     options = options or RunOptions(sampling="adaptive")
@@ -351,10 +352,4 @@ def classify_video_adaptive(
     times.total += time.perf_counter() - t_start
     if progress is not None and duration > 0:
         progress(duration, duration)
-    return Predictions(
-        labels=tuple(bundle.labels),
-        times=np.arange(n, dtype=np.float64) / options.rate,
-        probs=probs,
-        rate=options.rate,
-        duration=duration if duration > 0 else source.stats.end_time,
-    )
+    return to_predictions(bundle, probs, options, duration, source.stats.end_time)

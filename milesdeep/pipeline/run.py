@@ -175,20 +175,31 @@ def classify_video(
     times.extra["decoded_end"] = source.stats.end_time  # a truncated file ends early
     if not rows:
         raise MilesDeepError("no samples could be taken from the video", path)
-    # Expand held samples (keyframe sampling) to one row per sample slot.
-    n = max(n_expected, slots[-1][0] + slots[-1][1])
-    probs = np.empty((n, len(bundle.labels)), dtype=np.float32)
+    probs = expand_slots(slots, rows, max(n_expected, slots[-1][0] + slots[-1][1]))
+    times.total += time.perf_counter() - start
+    return to_predictions(bundle, probs, options, duration, source.stats.end_time)
+
+
+def expand_slots(slots: list[tuple[int, int]], rows: list[np.ndarray], n: int) -> np.ndarray:
+    """One row per sample slot from (index, hold) slots: keyframe sampling holds a row for
+    several slots. Every slot must be covered exactly once."""
+    probs = np.empty((n, len(rows[0])), dtype=np.float32)
     covered = 0
     for (index, hold), p in zip(slots, rows):
         probs[index: index + hold] = p
         covered += hold
-    if covered != n:  # a source must cover every sample slot exactly once
+    if covered != n:
         raise RuntimeError(f"sampling covered {covered} of {n} sample slots")
-    times.total += time.perf_counter() - start
+    return probs
+
+
+def to_predictions(bundle: ModelBundle, probs: np.ndarray, options: RunOptions,
+                   duration: float, decoded_end: float) -> Predictions:
+    """Sample i is at i / rate; a container that reports no duration has the decoded one."""
     return Predictions(
         labels=tuple(bundle.labels),
-        times=np.arange(n, dtype=np.float64) / options.rate,
+        times=np.arange(len(probs), dtype=np.float64) / options.rate,
         probs=probs,
         rate=options.rate,
-        duration=duration if duration > 0 else source.stats.end_time,
+        duration=duration if duration > 0 else decoded_end,
     )

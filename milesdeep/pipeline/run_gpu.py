@@ -20,7 +20,14 @@ import numpy as np
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.predictions import Predictions
-from milesdeep.pipeline.run import Progress, RunOptions, StageTimes, _threaded
+from milesdeep.pipeline.run import (
+    Progress,
+    RunOptions,
+    StageTimes,
+    _threaded,
+    expand_slots,
+    to_predictions,
+)
 
 
 @dataclass
@@ -125,15 +132,6 @@ def classify_video_gpu(path: Path, bundle: ModelBundle, backend: GpuBackend,
     times.decode_errors = source.stats.decode_errors
     if not rows:
         raise MilesDeepError("no samples could be taken from the video", path)
-    n = max(source.expected_samples, slots[-1][0] + slots[-1][1])
-    probs = np.empty((n, len(bundle.labels)), dtype=np.float32)
-    for (index, hold), p in zip(slots, rows):
-        probs[index: index + hold] = p
+    probs = expand_slots(slots, rows, max(source.expected_samples, slots[-1][0] + slots[-1][1]))
     times.total += time.perf_counter() - start
-    return Predictions(
-        labels=tuple(bundle.labels),
-        times=np.arange(n, dtype=np.float64) / options.rate,
-        probs=probs,
-        rate=options.rate,
-        duration=duration if duration > 0 else source.stats.end_time,
-    )
+    return to_predictions(bundle, probs, options, duration, source.stats.end_time)
