@@ -59,6 +59,21 @@ class GpuRunner:
         return classify_video_gpu(path, self.bundle, self.backend, options, progress, times)
 
 
+def load_runner(stack: contextlib.ExitStack, bundle: ModelBundle, backend: str,
+                model_arg: str | None = None, say: Callable[[str], None] | None = None,
+                threads: int = 0) -> Runner:
+    """Open a resolved backend (`cpu` or `gpu`) for `bundle`, loading the model once; GPU
+    resources are released when `stack` closes."""
+    if backend == "gpu":
+        from milesdeep.pipeline.run_gpu import open_gpu_backend
+
+        gb = stack.enter_context(open_gpu_backend(bundle, model_arg=model_arg, say=say))
+        return GpuRunner(bundle, gb)
+    from milesdeep.pipeline.infer import OrtClassifier
+
+    return CpuRunner(bundle, OrtClassifier(bundle, threads=threads))
+
+
 @contextlib.contextmanager
 def open_runner(bundle: ModelBundle, backend: str = "auto", model_arg: str | None = None,
                 say: Callable[[str], None] | None = None) -> Iterator[Runner]:
@@ -69,15 +84,8 @@ def open_runner(bundle: ModelBundle, backend: str = "auto", model_arg: str | Non
     choice = resolve_backend(backend, bundle, model_arg=model_arg)
     if say is not None:
         say(choice.describe())
-    if choice.name == "gpu":
-        from milesdeep.pipeline.run_gpu import open_gpu_backend
-
-        with open_gpu_backend(bundle, model_arg=model_arg, say=say) as gb:
-            yield GpuRunner(bundle, gb)
-    else:
-        from milesdeep.pipeline.infer import OrtClassifier
-
-        yield CpuRunner(bundle, OrtClassifier(bundle))
+    with contextlib.ExitStack() as stack:
+        yield load_runner(stack, bundle, choice.name, model_arg, say)
 
 
 @dataclass
@@ -91,6 +99,7 @@ class TagResult:
     def seconds_per_label(self) -> dict[str, int]:
         return dict(zip(self.predictions.labels,
                         seconds_per_label(self.cuts, self.predictions.labels)))
+
 
 
 def output_stem(video: Path, out_dir: Path | None) -> Path:

@@ -121,21 +121,12 @@ class EditJob(BatchJob):
     def load(self) -> None:
         if self.predictions is not None or self._runner is not None:
             return
-        from milesdeep.jobs import CpuRunner, GpuRunner
+        from milesdeep.jobs import load_runner
 
         assert self.bundle is not None
         self._stack = contextlib.ExitStack()
-        if self.backend == "gpu":
-            from milesdeep.pipeline.run_gpu import open_gpu_backend
-
-            gb = self._stack.enter_context(open_gpu_backend(self.bundle, say=self.say,
-                                                            model_arg=self.model_arg))
-            self._runner = GpuRunner(self.bundle, gb)
-        else:
-            from milesdeep.pipeline.infer import OrtClassifier
-
-            self._runner = CpuRunner(self.bundle, OrtClassifier(self.bundle,
-                                                                threads=self.threads))
+        self._runner = load_runner(self._stack, self.bundle, self.backend, self.model_arg,
+                                   self.say, self.threads)
 
     def close(self) -> None:
         if self._stack is not None:

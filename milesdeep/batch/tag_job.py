@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,19 +48,31 @@ class TagJob(BatchJob):
     out_dir: Path | None = None
     plot: bool = False
     threads: int = 0  # ONNX Runtime threads (0: every core)
+    backend: str = "cpu"  # resolved: cpu or gpu
+    model_arg: str | None = None
+    say: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
     command = "tag"
-    _classifier: Any = field(default=None, repr=False, compare=False)
+    _runner: Any = field(default=None, repr=False, compare=False)
+    _stack: Any = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_classifier"] = None  # each process loads its own
+        # Each process loads its own model; worker processes do not print.
+        state.update(_runner=None, _stack=None, say=None)
         return state
 
     def load(self) -> None:
-        if self._classifier is None:
-            from milesdeep.pipeline.infer import OrtClassifier
+        if self._runner is None:
+            from milesdeep.jobs import load_runner
 
-            self._classifier = OrtClassifier(self.bundle, threads=self.threads)
+            self._stack = contextlib.ExitStack()
+            self._runner = load_runner(self._stack, self.bundle, self.backend, self.model_arg,
+                                       self.say, self.threads)
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._runner = self._stack = None
 
     def configure_workers(self, jobs: int) -> None:
         from milesdeep.pipeline.infer import cpu_threads
@@ -89,7 +103,7 @@ class TagJob(BatchJob):
         from milesdeep.jobs import tag_video
 
         self.load()
-        result = tag_video(path, self.bundle, self._classifier, options=self.run_options,
+        result = tag_video(path, self.bundle, self._runner, options=self.run_options,
                            params=self.params, out_dir=self.out_dir, plot=self.plot,
                            progress=progress)
         t = result.times

@@ -70,6 +70,7 @@ def tag(
     from_list: FromListOpt = None,
     force: ForceOpt = False,
     jobs: JobsOpt = 1,
+    backend: o.BackendOpt = "auto",
 ) -> None:
     """Classify every second of VIDEO and write <stem>.tag and <stem>.predictions.csv.
 
@@ -90,8 +91,22 @@ def tag(
     options = RunOptions(rate=rate, sampling=check_sampling(sampling), batch=batch)  # type: ignore[arg-type]
     bundle = o.resolve_model_options(model, prototxt, weights, mean, labels)
     job = TagJob(bundle, options, params, output_dir, plot)
+    from milesdeep.pipeline.backend import resolve_backend
+
+    choice = resolve_backend(backend, bundle, model_arg=model)
+    job.backend, job.model_arg = choice.name, model
+    announced = False
+    job.say = lambda m: console.print(escape(m), soft_wrap=True)
+    if choice.name == "gpu" and jobs > 1:
+        console.print(f"--jobs {jobs}: the gpu backend runs in one process; ignoring it")
+        jobs = 1
 
     def report(outcome: FileOutcome) -> None:
+        nonlocal announced
+        if outcome.status == "done" and not announced:
+            # Said once a file has run, so that a bad input still gets exactly one line.
+            console.print(escape(choice.describe()), style="dim", soft_wrap=True)
+            announced = True
         if len(paths) == 1 and outcome.status == "done":  # one video: its own summary
             console.print(summary_table(outcome.detail))
             for path in outcome.outputs:
