@@ -134,3 +134,18 @@ def test_memory_stays_flat_with_video_length(tmp_path: Path, bundle_dir: Path) -
     short, long = peak(4), peak(40)
     # 200 held samples would be 200 x 115 kB = 23 MB of pixels; streaming keeps a few dozen.
     assert long < short * 1.5 + 2_000_000, (short, long)
+
+
+def test_backend_choice_is_said_and_gpu_without_one_is_one_line(
+        video: Path, bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from milesdeep.pipeline.backend import probe_gpu
+
+    assert run_app(["tag", str(video), "--model", str(bundle_dir), "--backend", "cpu"]) == 0
+    assert "backend: cpu (requested with --backend cpu)" in capsys.readouterr().err
+    if probe_gpu().usable:
+        pytest.skip("a GPU is present")
+    rc = run_app(["tag", str(video), "--model", str(bundle_dir), "--backend", "gpu",
+                  "--force"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()] and "--backend gpu: missing" in err
