@@ -112,6 +112,8 @@ def walkable(held: list[Held], probs: np.ndarray, margin: float,
 
 WALK_BATCH = 1  # samples decoded, then classified, at a time while walking
 MIN_WALK = 3  # shorter stretches are decoded whole, overlapped with inference
+DECODERS = 2  # decoders refining batched stretches side by side
+KEY_BATCH = 4  # pass-1 batch size
 
 
 class StretchSource:
@@ -242,6 +244,7 @@ def classify_video_adaptive(
         RunOptions,
         StageTimes,
         _threaded,
+        _threaded_all,
         classify_samples,
         to_predictions,
     )
@@ -266,8 +269,10 @@ def classify_video_adaptive(
             last = batch[-1]
             progress(0.5 * min((last.index + last.hold) / options.rate, duration), duration)
 
+    # Small batches in pass 1: keyframes arrive slowly (one per GOP), and a full batch would
+    # leave inference waiting for decoding and then decoding waiting for inference.
     classify_samples(_threaded(source, QUEUE_FRAMES, times), bundle, classifier,
-                     options.batch, times, on_keys)
+                     min(options.batch, KEY_BATCH), times, on_keys)
     if not held:
         raise MilesDeepError("no samples could be taken from the video", path)
     key_probs = np.stack(key_rows).astype(np.float32)
@@ -290,8 +295,14 @@ def classify_video_adaptive(
     walks = [r for r in stretches if walk[r[2]] and r[1] - r[0] >= MIN_WALK
              and r[1] == held[r[2]].index + held[r[2]].hold]
     batched = [r for r in stretches if r not in walks]
-    # One container for every stretch, batched or walked.
-    refined = StretchSource(source, held, batched)
+    # Stretches are independent (each seeks to its own keyframe), and decoding one is a chain
+    # of dependent pictures that keeps a core only partly busy: the batched stretches are
+    # shared between DECODERS decoders on their own threads, each with one open container.
+    # The walks reuse the first.
+    groups = [batched[k::DECODERS] for k in range(DECODERS)]
+    sources = [StretchSource(source, held, g) for g in groups if g] or [
+        StretchSource(source, held, [])]
+    refined = sources[0]
     done = 0
 
     def on_refined(batch: list[Sample], p: np.ndarray) -> None:
@@ -336,19 +347,20 @@ def classify_video_adaptive(
 
     try:
         if batched:
-            classify_samples(_threaded(refined, QUEUE_FRAMES, times), bundle, classifier,
+            classify_samples(_threaded_all(sources, QUEUE_FRAMES, times), bundle, classifier,
                              options.batch, times, on_refined)
         for run in walks:
             walk_one(run)
     finally:
-        refined.close()
+        for src in sources:
+            src.close()
     if done != to_refine:
         raise RuntimeError(f"adaptive pass 2 gave {done} of {to_refine} slots")
     times.extra["walked_stretches"] = float(len(walks))
     times.extra["slots_held_after_walks"] = float(held_after)
-    times.frames_decoded = source.stats.frames_decoded + refined.frames_decoded
-    times.decode_errors = source.stats.decode_errors + refined.decode_errors
-    times.extra["decoded_end"] = max(refined.last_end, source.stats.end_time)
+    times.frames_decoded = source.stats.frames_decoded + sum(x.frames_decoded for x in sources)
+    times.decode_errors = source.stats.decode_errors + sum(x.decode_errors for x in sources)
+    times.extra["decoded_end"] = max([x.last_end for x in sources] + [source.stats.end_time])
     times.total += time.perf_counter() - t_start
     if progress is not None and duration > 0:
         progress(duration, duration)

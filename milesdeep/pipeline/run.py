@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -59,10 +59,16 @@ QUEUE_FRAMES = 8
 
 def _threaded(it: Iterable, maxsize: int, times: StageTimes) -> Iterator:
     """Run an iterator on a worker thread behind a bounded queue; re-raise its errors here."""
+    return _threaded_all([it], maxsize, times)
+
+
+def _threaded_all(its: Sequence[Iterable], maxsize: int, times: StageTimes) -> Iterator:
+    """Run each iterator on its own worker thread, all feeding one bounded queue (items come
+    in whatever order the workers produce them); re-raise a worker's error here."""
     q: queue.Queue = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
 
-    def work() -> None:
+    def work(it: Iterable) -> None:
         try:
             t0 = time.perf_counter()
             for item in it:
@@ -81,19 +87,24 @@ def _threaded(it: Iterable, maxsize: int, times: StageTimes) -> Iterator:
         except BaseException as e:  # handed to the consumer, which re-raises it
             q.put(e)
 
-    worker = threading.Thread(target=work, name="milesdeep-decode", daemon=True)
-    worker.start()
+    workers = [threading.Thread(target=work, args=(it,), name=f"milesdeep-decode-{k}",
+                                daemon=True) for k, it in enumerate(its)]
+    for w in workers:
+        w.start()
+    running = len(workers)
     try:
-        while True:
+        while running:
             item = q.get()
             if item is _DONE:
-                return
+                running -= 1
+                continue
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
         stop.set()
-        worker.join(timeout=5)
+        for w in workers:
+            w.join(timeout=5)
 
 
 def classify_samples(
