@@ -16,6 +16,7 @@ app = typer.Typer(
     help="Classify every second of a video with a CNN, then cut it by class without "
     "re-encoding.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # reflows docstring paragraphs to the terminal width
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},

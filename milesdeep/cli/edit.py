@@ -110,7 +110,7 @@ def edit(
     remove: Annotated[bool, typer.Option("--remove", help="Keep everything except the cuts "
                                          "(a clean version of the video)")] = False,
     pieces: Annotated[bool, typer.Option("-c", "--pieces", help="Write each range as its own "
-                                         "file in <stem>.cut/")] = False,
+                                         "file in `<stem>.cut/`")] = False,
     output_dir: o.OutDirOpt = None,
     batch: o.BatchOpt = 32,
     min_cut: o.MinCutOpt = 4,
@@ -124,7 +124,7 @@ def edit(
                        ] = False,
     from_predictions: Annotated[Path | None, typer.Option(
         "--from-predictions", help="Plan from saved predictions instead of running the "
-        "network: a predictions CSV (one video), or a folder holding <stem>.predictions.csv "
+        "network: a predictions CSV (one video), or a folder holding `<stem>.predictions.csv` "
         "for each video (what tag writes)")] = None,
     export: Annotated[str | None, typer.Option(
         "--export", help="Write the cut list as an editorial timeline (otio, edl or fcpxml) "
@@ -153,7 +153,7 @@ def edit(
     a file at an output path that edit did not write for that video is never replaced
     without --overwrite (the video fails instead). A failed video is one error line and the
     run goes on; exit status 0 only if no video failed. Files found in folders that are named
-    like edit outputs (*.cut.*, *.cut.N.*) are left out (name them to edit them)."""
+    like edit outputs (`*.cut.*`, `*.cut.N.*`) are left out (name them to edit them)."""
     from milesdeep.pipeline.run import RunOptions
 
     if export is not None and export not in EXPORTS:

@@ -61,7 +61,7 @@ def tag(
     max_gap: o.MaxGapOpt = 2,
     min_score: o.MinScoreOpt = 0.5,
     min_coverage: o.MinCovOpt = 0.4,
-    plot: Annotated[bool, typer.Option("--plot", help="Also write <stem>.timeline.png")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="Also write `<stem>.timeline.png`")] = False,
     from_predictions: Annotated[
         Path | None,
         typer.Option("--from-predictions", help="Re-plan from a saved predictions CSV "
@@ -72,7 +72,7 @@ def tag(
     jobs: JobsOpt = 1,
     backend: o.BackendOpt = "auto",
 ) -> None:
-    """Classify every second of VIDEO and write <stem>.tag and <stem>.predictions.csv.
+    """Classify every second of VIDEO and write `<stem>.tag` and `<stem>.predictions.csv`.
 
     Many videos (and folders) run with one model load; a rerun skips the files a previous run
     finished (state in .milesdeep-state.sqlite beside the outputs); a failed file is reported
