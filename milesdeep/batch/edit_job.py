@@ -9,7 +9,6 @@ with `overwrite`. Anything else there is left alone and that video fails with on
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -18,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from milesdeep.batch.job import BatchJob, FileWork, Progress, readahead
+from milesdeep.batch.job import FileWork, ModelJob, Progress, readahead
 from milesdeep.batch.state import StateBook
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
@@ -77,7 +76,7 @@ class EditReport:
 
 
 @dataclass
-class EditJob(BatchJob):
+class EditJob(ModelJob):
     """Cut each video to (or, with `remove`, without) the seconds of the target classes.
 
     `predictions`: None (classify with `bundle`), a predictions CSV (one video), or a folder
@@ -121,26 +120,14 @@ class EditJob(BatchJob):
     def load(self) -> None:
         if self.predictions is not None or self._runner is not None:
             return
-        from milesdeep.jobs import load_runner
-
         assert self.bundle is not None
-        self._stack = contextlib.ExitStack()
-        self._runner = load_runner(self._stack, self.bundle, self.backend, self.model_arg,
-                                   self.say, self.threads)
+        self.open_runner()
 
     def close(self) -> None:
-        if self._stack is not None:
-            self._stack.close()
+        super().close()
         if self._book is not None:
             self._book.close()
-        self._runner = self._stack = self._book = None
-
-    def configure_workers(self, jobs: int) -> None:
-        from milesdeep.pipeline.infer import cpu_threads
-
-        share = max(1, cpu_threads() // jobs)
-        self.threads = share
-        self.run_options = RunOptions(**{**asdict(self.run_options), "decode_threads": share})
+        self._book = None
 
     # --- identity ------------------------------------------------------------------------
 

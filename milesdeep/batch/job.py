@@ -3,6 +3,7 @@ go, and what identifies the model and options it ran with."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,3 +102,34 @@ def readahead(path: Path, nbytes: int = READAHEAD_BYTES) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class ModelJob(BatchJob):
+    """A job that classifies with a model: `open_runner` loads one runner per process (the CPU
+    twin or the GPU one) and `close` releases it. The dataclass subclasses hold the fields
+    used here: bundle, backend, model_arg, say, threads, run_options, _runner, _stack."""
+
+    def open_runner(self) -> None:
+        if self._runner is None:  # type: ignore[has-type]
+            from milesdeep.jobs import load_runner
+
+            self._stack = contextlib.ExitStack()
+            self._runner = load_runner(self._stack, self.bundle, self.backend,  # type: ignore[attr-defined]
+                                       self.model_arg, self.say, self.threads)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self._stack is not None:  # type: ignore[has-type]
+            self._stack.close()
+        self._runner = self._stack = None
+
+    def configure_workers(self, jobs: int) -> None:
+        """Share the cores: each worker gets its part for ONNX Runtime and for decoding."""
+        from dataclasses import asdict
+
+        from milesdeep.pipeline.infer import cpu_threads
+        from milesdeep.pipeline.run import RunOptions
+
+        share = max(1, cpu_threads() // jobs)
+        self.threads = share
+        self.run_options = RunOptions(**{**asdict(self.run_options),  # type: ignore[has-type]
+                                         "decode_threads": share})

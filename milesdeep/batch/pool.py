@@ -4,10 +4,10 @@ Workers are *spawned* (a fresh interpreter each: no forked copy of ONNX Runtime'
 FFmpeg's threads), each loads the model once, and each gets 1/N of the cores for its own
 threads. Workers only process; the parent records finished files in the state database
 (one writer) and prints. A worker that dies (a crash inside a decoder, say) breaks the pool:
-its files are retried once in a fresh pool, and a file that breaks the pool twice is
-reported as failed. Ctrl-C (or SIGTERM) in the parent stops the workers with SIGTERM, which
-they turn into KeyboardInterrupt inside the file being processed, so their temporaries are
-removed.
+the files it lost are retried each in a pool of its own, and a file that kills the worker
+processing it alone is reported as failed. Ctrl-C (or SIGTERM) in the parent stops the
+workers with SIGTERM, which they turn into KeyboardInterrupt inside the file being processed,
+so their temporaries are removed.
 """
 
 from __future__ import annotations
@@ -83,13 +83,13 @@ def run_pool(runner: BatchRunner, pending: list[Path], outcomes: dict[Path, File
 
     runner.job.configure_workers(runner.jobs)
     ctx = multiprocessing.get_context("spawn")
-    crashes: dict[Path, int] = {}
-    todo = list(pending)
-    while todo:
+
+    def run_group(group: list[Path]) -> list[Path]:
+        """Process `group` in one pool; return the files whose results a broken pool lost."""
         broken: list[Path] = []
-        ex = ProcessPoolExecutor(max_workers=min(runner.jobs, len(todo)), mp_context=ctx,
+        ex = ProcessPoolExecutor(max_workers=min(runner.jobs, len(group)), mp_context=ctx,
                                  initializer=_init_worker, initargs=(runner.job,))
-        futures: dict[Future, Path] = {ex.submit(_work, p): p for p in todo}
+        futures: dict[Future, Path] = {ex.submit(_work, p): p for p in group}
         try:
             not_done = set(futures)
             while not_done:
@@ -112,13 +112,14 @@ def run_pool(runner: BatchRunner, pending: list[Path], outcomes: dict[Path, File
             ex.shutdown(wait=True, cancel_futures=True)
             raise
         ex.shutdown(wait=True)
-        todo = []
-        for path in broken:
-            crashes[path] = crashes.get(path, 0) + 1
-            if crashes[path] >= 2:
-                o = FileOutcome(path, "failed", f"{path}: the worker process died while "
-                                "processing it (a crash in the decoder?)")
-                outcomes[path] = o
-                runner._announce(o, len(outcomes), n)
-            else:
-                todo.append(path)
+        return broken
+
+    # A dying worker breaks the whole pool, and every file in flight or queued loses its
+    # result, not only the one that killed it. So the files of a broken pool are retried each
+    # in a pool of its own: a file fails only if it kills the worker processing it alone.
+    for path in run_group(list(pending)):
+        if run_group([path]):
+            o = FileOutcome(path, "failed", f"{path}: the worker process died while "
+                            "processing it (a crash in the decoder?)")
+            outcomes[path] = o
+            runner._announce(o, len(outcomes), n)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from milesdeep.batch.job import BatchJob, FileWork, Progress
+from milesdeep.batch.job import FileWork, ModelJob, Progress
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.planner import PlanParams
 from milesdeep.pipeline.run import RunOptions
@@ -41,7 +40,7 @@ def decode_warnings(decode_errors: int, decoded_end: float | None, duration: flo
 
 
 @dataclass
-class TagJob(BatchJob):
+class TagJob(ModelJob):
     bundle: ModelBundle
     run_options: RunOptions = field(default_factory=RunOptions)
     params: PlanParams = field(default_factory=PlanParams)
@@ -62,24 +61,7 @@ class TagJob(BatchJob):
         return state
 
     def load(self) -> None:
-        if self._runner is None:
-            from milesdeep.jobs import load_runner
-
-            self._stack = contextlib.ExitStack()
-            self._runner = load_runner(self._stack, self.bundle, self.backend, self.model_arg,
-                                       self.say, self.threads)
-
-    def close(self) -> None:
-        if self._stack is not None:
-            self._stack.close()
-        self._runner = self._stack = None
-
-    def configure_workers(self, jobs: int) -> None:
-        from milesdeep.pipeline.infer import cpu_threads
-
-        share = max(1, cpu_threads() // jobs)
-        self.threads = share
-        self.run_options = RunOptions(**{**asdict(self.run_options), "decode_threads": share})
+        self.open_runner()
 
     def model_key(self) -> str:
         return model_key(self.bundle)
