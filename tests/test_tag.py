@@ -149,3 +149,20 @@ def test_backend_choice_is_said_and_gpu_without_one_is_one_line(
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     assert err.strip().splitlines() == [err.strip()] and "--backend gpu: missing" in err
+
+
+def test_adaptive_margin_option_reaches_the_sampler(bundle_dir: Path, tmp_path: Path) -> None:
+    """Blue seconds hidden inside 4 s GOPs whose keyframes are all red: the default margin
+    trusts the agreeing, confident keyframes and misses them; the widest margin refines every
+    stretch, so adaptive then gives exact's own numbers."""
+    video = colour_video(tmp_path / "hidden.mp4", ["red", "blue", "blue", "red"] * 3, gop=40)
+    outs = {}
+    for name, extra in (("exact", ["--sampling", "exact"]),
+                        ("default", ["--sampling", "adaptive"]),
+                        ("wide", ["--sampling", "adaptive", "--adaptive-margin", "0.5"])):
+        out = tmp_path / name
+        assert run_app(["tag", str(video), "--model", str(bundle_dir), "-o", str(out),
+                        *extra]) == 0
+        outs[name] = read_predictions_csv(out / "hidden.predictions.csv").probs
+    assert not np.array_equal(outs["default"], outs["exact"])
+    assert np.array_equal(outs["wide"], outs["exact"])

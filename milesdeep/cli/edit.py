@@ -140,6 +140,7 @@ def edit(
     rate: o.RateOpt = 1.0,
     sampling: o.SamplingOpt = "exact",
     backend: o.BackendOpt = "auto",
+    adaptive_margin: o.MarginOpt = 0.05,
     from_list: FromListOpt = None,
     force: ForceOpt = False,
     jobs: JobsOpt = 1,
@@ -194,7 +195,7 @@ def edit(
         job.bundle = o.resolve_model_options(model, *caffe)
         _check_targets(job, tuple(job.bundle.labels))
         job.run_options = RunOptions(rate=rate, sampling=check_sampling(sampling),  # type: ignore[arg-type]
-                                     batch=batch)
+                                     batch=batch, adaptive_margin=adaptive_margin)
         choice = resolve_backend(backend, job.bundle, model_arg=model)
         _say(choice.describe())
         job.backend, job.model_arg, job.say = choice.name, model, _say

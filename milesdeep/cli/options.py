@@ -43,6 +43,10 @@ SamplingOpt = Annotated[str, typer.Option("--sampling",
                                           "where the class may change; exact: every sample "
                                           "time; keyframes: keyframes only, each held until "
                                           "the next")]
+MarginOpt = Annotated[float, typer.Option(
+    "--adaptive-margin", min=0.0, max=0.5,
+    help="adaptive sampling: also decode fully around keyframes whose top score is this close "
+    "to 0.5 (or whose top two scores are within twice this); larger is safer and slower")]
 BackendOpt = Annotated[str, typer.Option("--backend",
                                          help="auto, cpu or gpu (NVDEC + CuPy + TensorRT)")]
 

@@ -71,6 +71,7 @@ def tag(
     force: ForceOpt = False,
     jobs: JobsOpt = 1,
     backend: o.BackendOpt = "auto",
+    adaptive_margin: o.MarginOpt = 0.05,
 ) -> None:
     """Classify every second of VIDEO and write `<stem>.tag` and `<stem>.predictions.csv`.
 
@@ -88,7 +89,8 @@ def tag(
             console.print(f"wrote {path}")
         return
     paths = gather_inputs(videos, from_list, "miles-deep tag VIDEO|FOLDER [...]")
-    options = RunOptions(rate=rate, sampling=check_sampling(sampling), batch=batch)  # type: ignore[arg-type]
+    options = RunOptions(rate=rate, sampling=check_sampling(sampling), batch=batch,  # type: ignore[arg-type]
+                         adaptive_margin=adaptive_margin)
     bundle = o.resolve_model_options(model, prototxt, weights, mean, labels)
     job = TagJob(bundle, options, params, output_dir, plot)
     from milesdeep.pipeline.backend import resolve_backend

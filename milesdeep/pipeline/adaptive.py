@@ -39,7 +39,7 @@ from milesdeep.pipeline.frames import Sample
 from milesdeep.pipeline.infer import Classifier
 from milesdeep.pipeline.predictions import Predictions
 
-DEFAULT_MARGIN = 0.1
+DEFAULT_MARGIN = 0.05
 DEFAULT_THRESHOLD = 0.5  # the planner's default min_score
 
 

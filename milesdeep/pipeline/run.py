@@ -33,7 +33,7 @@ class RunOptions:
     decode_threads: int = 0  # 0: FFmpeg chooses
     # adaptive: refine around keyframes whose top two scores are within 2 * margin, or whose
     # top score is within margin of the planner's 0.5 (see milesdeep.pipeline.adaptive).
-    adaptive_margin: float = 0.1
+    adaptive_margin: float = 0.05
 
 
 @dataclass
