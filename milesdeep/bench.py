@@ -182,12 +182,30 @@ def label_agreement(a: Predictions, b: Predictions) -> float:
 # --------------------------------------------------------------------------- our pipeline
 
 
+def time_plan_and_outputs(video: Path, preds: Predictions, rate: float
+                          ) -> tuple[float, float, float]:
+    """Seconds spent planning, writing the .tag and predictions (planning included, as
+    `tag` does), and the output part alone. Outputs go to a temporary folder."""
+    from milesdeep.jobs import write_tag_outputs
+    from milesdeep.pipeline.planner import PlanParams, plan_all_labels
+
+    t1 = time.perf_counter()
+    params = PlanParams().for_rate(rate)
+    plan_all_labels(preds.probs, preds.labels, params)  # timed alone: planning
+    t2 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="milesdeep-bench-") as tmp:
+        t3 = time.perf_counter()
+        write_tag_outputs(Path(tmp) / Path(video).stem, Path(video).name, preds, params,
+                          plot=False)
+        t4 = time.perf_counter()
+    # Outputs are timed without the planning write_tag_outputs repeats internally.
+    return t2 - t1, t4 - t3, max(0.0, (t4 - t3) - (t2 - t1))
+
+
 def run_pipeline(video: Path, bundle: ModelBundle, classifier: Classifier, sampling: str,
                  rate: float = 1.0, batch: int = 32, decode_threads: int = 0,
                  gpu_backend: Any = None) -> tuple[RunReport, Predictions]:
     """The `tag` job end to end for one sampling mode, outputs written to a temporary folder."""
-    from milesdeep.jobs import write_tag_outputs
-    from milesdeep.pipeline.planner import PlanParams, plan_all_labels
     from milesdeep.pipeline.run import RunOptions, StageTimes, classify_video
 
     options = RunOptions(rate=rate, sampling=sampling, batch=batch,  # type: ignore[arg-type]
@@ -201,18 +219,9 @@ def run_pipeline(video: Path, bundle: ModelBundle, classifier: Classifier, sampl
     else:
         preds = classify_video(video, bundle, classifier, options, None, times)
     t1 = time.perf_counter()
-    params = PlanParams().for_rate(rate)
-    plan_all_labels(preds.probs, preds.labels, params)  # timed alone: planning
-    t2 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="milesdeep-bench-") as tmp:
-        t3 = time.perf_counter()
-        write_tag_outputs(Path(tmp) / Path(video).stem, Path(video).name, preds, params,
-                          plot=False)
-        t4 = time.perf_counter()
-    planning = (t2 - t1) + times.extra.get("adaptive_planning", 0.0)
-    # Outputs are timed without the planning write_tag_outputs repeats internally.
-    output = max(0.0, (t4 - t3) - (t2 - t1))
-    wall = (t1 - t0) + (t2 - t1) + (t4 - t3)
+    plan_s, write_s, output = time_plan_and_outputs(video, preds, rate)
+    planning = plan_s + times.extra.get("adaptive_planning", 0.0)
+    wall = (t1 - t0) + plan_s + write_s
     report = RunReport(
         mode=sampling, duration=preds.duration, wall=wall,
         stages={"decode": times.decode, "preprocess": times.preprocess,
@@ -256,9 +265,7 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
     classified in batches."""
     from PIL import Image
 
-    from milesdeep.jobs import write_tag_outputs
     from milesdeep.pipeline.decode import open_video, probe, sample_count
-    from milesdeep.pipeline.planner import PlanParams, plan_all_labels
     from milesdeep.pipeline.preprocess import preprocess_rgb
 
     info = probe(video)
@@ -342,17 +349,9 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
                         times=np.arange(len(probs), dtype=np.float64) / rate, probs=probs,
                         rate=rate, duration=info.duration)
     t1 = time.perf_counter()
-    params = PlanParams().for_rate(rate)
-    plan_all_labels(preds.probs, preds.labels, params)
-    t2 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="milesdeep-baseline-") as tmp:
-        t3 = time.perf_counter()
-        write_tag_outputs(Path(tmp) / Path(video).stem, Path(video).name, preds, params,
-                          plot=False)
-        t4 = time.perf_counter()
-    stages["planning"] = t2 - t1
-    stages["output"] = max(0.0, (t4 - t3) - (t2 - t1))
-    wall = (t2 - t_start) + (t4 - t3)
+    plan_s, write_s, stages["output"] = time_plan_and_outputs(video, preds, rate)
+    stages["planning"] = plan_s
+    wall = (t1 - t_start) + plan_s + write_s
     report = RunReport(mode=BASELINE, duration=info.duration, wall=wall, stages=stages,
                        samples=len(files), frames_decoded=frames, peak_rss_mib=peak_rss_mib())
     return report, preds

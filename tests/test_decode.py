@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 from milesdeep.errors import MilesDeepError
 from milesdeep.pipeline.decode import PyAVSource, probe, sample_count
+from tests.badinputs import audio_only
 from tests.testdata import encode_frames, solid
 
 # Variable frame rate: irregular gaps, and each frame a distinct grey level.
@@ -92,23 +92,6 @@ def test_short_video_gives_one_sample(tmp_path: Path) -> None:
     assert len(samples) == 1 and samples[0].pts == 0.0
 
 
-def _audio_only(path: Path) -> Path:
-    import av
-
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("aac", rate=48000)
-        st.layout = "mono"
-        for k in range(0, 48000, 1024):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                           layout="mono")
-            f.sample_rate, f.pts, f.time_base = 48000, k, Fraction(1, 48000)
-            for p in st.encode(f):
-                out.mux(p)
-        for p in st.encode():
-            out.mux(p)
-    return path
-
-
 @pytest.mark.parametrize("kind, message", [
     ("missing", "no such file"),
     ("empty", "empty"),
@@ -122,7 +105,7 @@ def test_bad_inputs_are_user_errors(tmp_path: Path, kind: str, message: str) -> 
     elif kind == "garbage":
         path.write_bytes(np.random.default_rng(0).bytes(4096))
     elif kind == "audio":
-        _audio_only(path)
+        path = audio_only(tmp_path)
     with pytest.raises(MilesDeepError, match=message) as e:
         probe(path)
     assert str(path) in str(e.value)

@@ -58,7 +58,7 @@ from milesdeep.pipeline.decode import (
     probe,
     sample_count,
 )
-from milesdeep.pipeline.frames import Colour, Sample
+from milesdeep.pipeline.frames import Colour, Frame, Sample
 
 # --- pure logic ------------------------------------------------------------------------
 
@@ -218,21 +218,8 @@ def first_frame_format(path: Path) -> tuple[Colour, int, str | None]:
 
 
 @dataclass
-class DeviceFrame:
+class DeviceFrame(Frame):
     """`frames.Frame` with CuPy device arrays: y (H, W), uv (ceil(H/2), ceil(W/2), 2)."""
-
-    y: Any
-    uv: Any
-    colour: Colour
-    rotation: int = 0
-
-    @property
-    def height(self) -> int:
-        return int(self.y.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.y.shape[1])
 
 
 def _view(cupy: Any, owner: Any, plane: Any, dtype: Any) -> Any:
