@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,42 @@ def test_bad_inputs_are_user_errors(tmp_path: Path, kind: str, message: str) -> 
     with pytest.raises(MilesDeepError, match=message) as e:
         probe(path)
     assert str(path) in str(e.value)
+
+
+def test_a_probed_open_decodes_the_same_pictures(tmp_path: Path) -> None:
+    from milesdeep.pipeline.decode import open_video
+    from tests.videos import flash_beep_video
+
+    # B-frames and audio: the probe that a second open skips would have decoded both.
+    video = flash_beep_video(tmp_path / "b.mp4", seconds=2)
+
+    def pictures(probed: bool) -> list[tuple[int, bytes]]:
+        with open_video(video, probed=probed) as container:
+            vs = container.streams.video[0]
+            assert (vs.codec_context.width, vs.codec_context.height) == (160, 90)
+            return [(f.pts, f.to_ndarray().tobytes()) for f in container.decode(vs)]
+
+    full, cheap = pictures(False), pictures(True)
+    assert len(full) == 50
+    assert cheap == full
+
+
+def test_mark_needed_until_last_ends_after_the_last_picture_a_slot_can_show() -> None:
+    from types import SimpleNamespace
+
+    from milesdeep.pipeline.decode import mark_needed
+
+    # 10 fps in decode order with B-frames (I0 P3 B1 B2 P6 B4 B5 ...), slots at 1 per second.
+    order = [0]
+    for p in range(3, 60, 3):
+        order += [p, p - 2, p - 1]
+    packets = [SimpleNamespace(pts=p) for p in order]
+    tb = Fraction(1, 10)
+    every = [p.pts for p, _ in mark_needed(packets, tb, 0.0, 1.0, 0, 3)]
+    assert every == order
+    # Slots 0..2: the last picture any of them shows is frame 20 (2.0 s). Every packet up to it
+    # in decode order comes out, none after (frames 21 and later are shown at no slot < 3).
+    cut = [p.pts for p, _ in mark_needed(packets, tb, 0.0, 1.0, 0, 3, until_last=True)]
+    assert cut == order[: order.index(20) + 1]
+    # B-frame 20 is sent after P21, which it refers to: that packet is kept too.
+    assert 21 in cut

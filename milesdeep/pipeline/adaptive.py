@@ -132,7 +132,7 @@ class StretchSource:
 
     def _open(self):
         if self._container is None:
-            self._container = open_video(self.source.path)
+            self._container = open_video(self.source.path, probed=True)
             cc = self._container.streams.video[0].codec_context
             cc.thread_type = "AUTO"
             cc.thread_count = self.source.threads
@@ -192,7 +192,8 @@ class StretchSource:
         def frames() -> Iterator:
             cc = vs.codec_context
             skipping = False
-            for packet, needed in mark_needed(container.demux(vs), tb, start, rate, a, b):
+            for packet, needed in mark_needed(container.demux(vs), tb, start, rate, a, b,
+                                              until_last=True):
                 if needed == skipping:  # non-reference pictures shown at no slot: skipped
                     skipping = not needed
                     cc.skip_frame = "NONREF" if skipping else "DEFAULT"
@@ -204,6 +205,12 @@ class StretchSource:
                     self.decode_errors += 1
                     continue
                 yield from decoded
+            # Every packet a slot can show has been sent: drain the pictures the decoder still
+            # holds (the next stretch's seek flushes it for reuse).
+            try:
+                yield from cc.decode(None)
+            except (av.error.EOFError, av.error.FFmpegError):
+                return
 
         for f in frames():
             if f.pts is None:
