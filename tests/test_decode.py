@@ -149,3 +149,25 @@ def test_mark_needed_until_last_ends_after_the_last_picture_a_slot_can_show() ->
     assert cut == order[: order.index(20) + 1]
     # B-frame 20 is sent after P21, which it refers to: that packet is kept too.
     assert 21 in cut
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "matroska", "mpegts", "h264", "avi"])
+def test_probe_without_decoding_reads_what_a_full_probe_does(tmp_path: Path, fmt: str) -> None:
+    import av
+
+    from milesdeep.pipeline.decode import _info, open_video
+
+    path = tmp_path / f"v.{fmt}"
+    with av.open(str(path), "w", format=fmt) as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
+        for k in range(30):
+            f = av.VideoFrame.from_ndarray(solid((8 * k, 100, 50), 64, 96), format="rgb24")
+            for p in vs.encode(f):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+    with open_video(path) as container:
+        full = _info(path, container)
+    assert (full.width, full.height, full.codec) == (96, 64, "h264")
+    assert probe(path) == full

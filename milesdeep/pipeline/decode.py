@@ -65,9 +65,9 @@ def sample_count(duration: float, rate: float) -> int:
 def open_video(path: Path, probed: bool = False):  # -> av.container.InputContainer
     """Open a video for reading, with one clear error for each way that fails.
 
-    `probed`: the file was opened successfully before, so skip the decoding FFmpeg's stream
-    probe does to learn what the first open already told us (about 40 ms of CPU for a 1080p
-    H.264 file, paid on every open; frames decoded afterwards are the same)."""
+    `probed`: skip the decoding FFmpeg's stream probe does (about 40 ms of CPU for a 1080p
+    H.264 file, paid on every open) when the header already says what we need or an earlier
+    open told us; frames decoded afterwards are the same."""
     import av
 
     path = Path(path)
@@ -105,12 +105,20 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
 
 
 def probe(path: Path) -> VideoInfo:
-    """Open the video, read its stream information, and close it."""
-    container = open_video(path)
-    try:
-        return _info(Path(path), container)
-    finally:
-        container.close()
+    """Open the video, read its stream information, and close it.
+
+    The container's header says all `VideoInfo` holds for most files (MP4, Matroska), so the
+    first try skips the pictures FFmpeg's probe would decode; a stream whose size only
+    decoding tells (MPEG-TS, raw H.264) is probed again in full."""
+    for probed in (True, False):
+        container = open_video(path, probed=probed)
+        try:
+            info = _info(Path(path), container)
+        finally:
+            container.close()
+        if info.width > 0 and info.height > 0 and info.codec:
+            break
+    return info
 
 
 def _info(path: Path, container) -> VideoInfo:
