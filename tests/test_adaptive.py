@@ -121,6 +121,12 @@ def test_plan_stretches_disagreement_uncertainty_and_walks() -> None:
     assert walkable(held3, probs4, 0.1).tolist() == [True, False, False, False]
     assert plan_stretches(held3, probs4, 1.0, 0.1) == [(1, 2, 0), (3, 4, 1), (5, 6, 2),
                                                        (7, 8, 3)]
+    # Pass 1 decoded everything from the last keyframe (6 s) on: those rows are exact, so
+    # neither their disagreement nor their uncertainty refines them (the stretch before does).
+    tail = held3[:3] + [Held(6, 1, 6.0), Held(7, 1, 7.0)]
+    probs5 = np.array([a, a, a, shaky, b], np.float32)
+    assert plan_stretches(tail, probs5, 1.0, 0.1, exact_from=6.0) == [(5, 6, 2)]
+    assert walkable(tail, probs5, 0.1, exact_from=6.0).tolist() == [False] * 5
 
 
 @pytest.mark.parametrize("rate", [1.0, 4.0])
@@ -184,3 +190,16 @@ def test_a_change_early_in_a_long_gop_stops_decoding_there(tmp_path: Path, colou
     # Keyframes (3) + the walk to 10 s (~20 frames) + the last GOP (8 s, 80 frames) at most.
     assert times.frames_decoded < 3 + 25 + 80 < t_exact.frames_decoded
     assert times.samples < 3 + 4 + 7
+
+
+def test_the_last_gop_is_decoded_in_pass_one_not_refined(tmp_path: Path, colours) -> None:
+    # Keyframes at 0, 4, 8 s (10 fps); the class changes inside the last GOP, at 10 s.
+    pattern = ["red"] * 10 + ["blue"] * 2
+    video = fixed_gop_video(tmp_path / "tail.mp4", pattern, 10, 40)
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(adaptive) == pattern
+    # Nothing was sought back to: red at 0, 4 and 8 s agree, and slots 9..12 came with pass 1.
+    assert times.extra["refined_slots"] == 0
+    assert times.extra["keyframes"] == 3
+    assert times.extra["tail_samples"] == 3  # 9, 10, 11 s
+    assert times.frames_decoded <= 2 + 40  # two keyframes, then the last GOP once

@@ -171,3 +171,27 @@ def test_probe_without_decoding_reads_what_a_full_probe_does(tmp_path: Path, fmt
         full = _info(path, container)
     assert (full.width, full.height, full.codec) == (96, 64, "h264")
     assert probe(path) == full
+
+
+@pytest.mark.parametrize("rate", [1.0, 4.0])
+def test_keyframes_with_an_exact_tail(tmp_path: Path, rate: float) -> None:
+    from tests.videos import flash_beep_video
+
+    # B-frames, 25 fps, keyframes at 0, 1, ... 5 s (the last GOP is 5..6 s).
+    video = flash_beep_video(tmp_path / "b.mp4", seconds=6, gop=25, audio=False)
+    exact = list(PyAVSource(video, rate=rate))
+    keys = list(PyAVSource(video, rate=rate, mode="keyframes"))
+    src = PyAVSource(video, rate=rate, mode="keyframes", exact_tail=True)
+    tail = list(src)
+    assert src.stats.exact_from == pytest.approx(5.0)
+    cut = next(k for k, s in enumerate(keys) if s.pts >= 5.0 - 1e-9)
+    # Before the last keyframe: what keyframe sampling gives; from it on: exact's pictures.
+    assert [(s.index, s.hold, s.pts) for s in tail[:cut]] == [
+        (s.index, s.hold, s.pts) for s in keys[:cut]]
+    after = [s for s in exact if s.time >= 5.0 - 1e-9]
+    slots = [(k, s) for s in tail[cut:] for k in range(s.index, s.index + s.hold)]
+    assert [k for k, _ in slots] == [s.index for s in after]
+    for (_, t), e in zip(slots, after):
+        assert t.pts == e.pts
+        assert np.array_equal(t.frame.y, e.frame.y) and np.array_equal(t.frame.uv, e.frame.uv)
+    assert len(tail) > len(keys) if rate > 1 else len(tail) >= len(keys)

@@ -19,12 +19,15 @@ So, in two passes over the file:
 
 Between two agreeing, confident keyframes the class is assumed constant; a change there and
 back inside one GOP is the one thing this can miss (the bench reports the agreement with
-`exact`). The last keyframe's stretch has no neighbour to compare with and is always decoded.
-Long GOPs are no special case: a stretch is whatever lies between two keyframes.
+`exact`). The last keyframe's stretch has no neighbour to compare with: pass 1 decodes it
+whole, straight on from that keyframe (`PyAVSource(exact_tail=True)`), so it is exact and
+never sought back to. Long GOPs are no special case: a stretch is whatever lies between two
+keyframes.
 """
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,10 +67,20 @@ def uncertain(probs: np.ndarray, margin: float, threshold: float = DEFAULT_THRES
     return ((top - second) < 2 * margin) | (np.abs(top - threshold) < margin)
 
 
+def exact_rows(held: list[Held], exact_from: float | None) -> np.ndarray:
+    """Pass-1 samples that are exact already: from `exact_from` seconds on, pass 1 decoded
+    every picture (the last keyframe and what follows it)."""
+    if exact_from is None:
+        return np.zeros(len(held), bool)
+    return np.array([h.pts >= exact_from - 1e-9 for h in held], bool)
+
+
 def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: float,
-                   threshold: float = DEFAULT_THRESHOLD) -> list[tuple[int, int, int]]:
+                   threshold: float = DEFAULT_THRESHOLD, exact_from: float | None = None
+                   ) -> list[tuple[int, int, int]]:
     """Slot ranges to decode fully, as (first slot, stop slot, index into `held` of the keyframe
-    to start decoding from), one per refined keyframe stretch, in order."""
+    to start decoding from), one per refined keyframe stretch, in order. Samples from
+    `exact_from` seconds on are exact (see `exact_rows`) and never refined."""
     if not held:
         return []
     winners = probs.argmax(axis=1)
@@ -76,9 +89,11 @@ def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: flo
     refine[:-1] |= winners[:-1] != winners[1:]
     refine |= shaky
     refine[:-1] |= shaky[1:]
-    # Nothing follows the last keyframe to compare it with: its stretch (one GOP per video) is
-    # always decoded.
-    refine[-1] = True
+    if exact_from is None:
+        # Nothing follows the last keyframe to compare it with: its stretch (one GOP per
+        # video) is always decoded, unless pass 1 decoded it whole (`exact_from`).
+        refine[-1] = True
+    refine &= ~exact_rows(held, exact_from)
     out: list[tuple[int, int, int]] = []
     for j in np.flatnonzero(refine):
         # Every stretch seeks to its own keyframe, even right after another one: decoding on
@@ -94,7 +109,8 @@ def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: flo
 
 
 def walkable(held: list[Held], probs: np.ndarray, margin: float,
-             threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+             threshold: float = DEFAULT_THRESHOLD, exact_from: float | None = None
+             ) -> np.ndarray:
     """Keyframes whose stretch can be walked: it is refined only because the next keyframe
     has another winner, and both are confident. Such a stretch holds one change (or the
     keyframes would not be trusted elsewhere either), so pass 2 decodes it from the start
@@ -107,7 +123,7 @@ def walkable(held: list[Held], probs: np.ndarray, margin: float,
         out[:-1] = (winners[:-1] != winners[1:]) & ~shaky[:-1] & ~shaky[1:]
     if len(held) > 2:
         out[1:-1] &= ~shaky[:-2]  # an uncertain keyframe before also asks for this stretch
-    return out
+    return out & ~exact_rows(held, exact_from)
 
 
 WALK_BATCH = 1  # samples decoded, then classified, at a time while walking
@@ -120,7 +136,7 @@ class StretchSource:
     """Yields one `Sample` per slot of each stretch, decoding from the keyframe before it."""
 
     def __init__(self, source: PyAVSource, held: list[Held],
-                 stretches: list[tuple[int, int, int]]) -> None:
+                 stretches: list[tuple[int, int, int]] | queue.SimpleQueue) -> None:
         self.source = source
         self.held = held
         self.stretches = stretches
@@ -150,8 +166,17 @@ class StretchSource:
         self.close()
 
     def __iter__(self) -> Iterator[Sample]:
-        """Every stretch given at construction, in order (the container stays open)."""
-        for run in self.stretches:
+        """Every stretch in `stretches` (a list, or a queue several sources share so that none
+        sits idle while another has work), in order; the container stays open."""
+        if isinstance(self.stretches, list):
+            for run in self.stretches:
+                yield from self.samples(run)
+            return
+        while True:
+            try:
+                run = self.stretches.get_nowait()
+            except queue.Empty:
+                return
             yield from self.samples(run)
 
     def samples(self, run: tuple[int, int, int]) -> Iterator[Sample]:
@@ -260,8 +285,10 @@ def classify_video_adaptive(
     times = times if times is not None else StageTimes()
     t_start = time.perf_counter()
     margin = getattr(options, "adaptive_margin", DEFAULT_MARGIN)
+    # Pass 1 decodes the last GOP whole from its keyframe (nothing follows it to compare it
+    # with), so that stretch is exact without seeking back to decode the keyframe again.
     source = PyAVSource(Path(path), rate=options.rate, mode="keyframes",
-                        threads=options.decode_threads)
+                        threads=options.decode_threads, exact_tail=True)
     duration = source.info.duration or 0.0
     n_expected = source.expected_samples
 
@@ -289,14 +316,17 @@ def classify_video_adaptive(
         probs[h.index: h.index + h.hold] = p
 
     t0 = time.perf_counter()
-    stretches = plan_stretches(held, key_probs, options.rate, margin)
+    exact_from = source.stats.exact_from
+    stretches = plan_stretches(held, key_probs, options.rate, margin, exact_from=exact_from)
     times.extra["adaptive_planning"] = times.extra.get("adaptive_planning", 0.0) + (
         time.perf_counter() - t0)
     to_refine = sum(b - a for a, b, _ in stretches)
     times.extra["refined_slots"] = float(to_refine)
-    times.extra["keyframes"] = float(len(held))
+    tail = int(exact_rows(held, exact_from).sum()) - 1 if exact_from is not None else 0
+    times.extra["keyframes"] = float(len(held) - max(0, tail))
+    times.extra["tail_samples"] = float(max(0, tail))  # pass-1 samples after the last keyframe
 
-    walk = walkable(held, key_probs, margin)
+    walk = walkable(held, key_probs, margin, exact_from=exact_from)
     # Walking decodes in step with classification (no overlap), so it only pays where there
     # are slots to save: a stretch of a sample or two goes with the batched ones.
     walks = [r for r in stretches if walk[r[2]] and r[1] - r[0] >= MIN_WALK
@@ -304,11 +334,13 @@ def classify_video_adaptive(
     batched = [r for r in stretches if r not in walks]
     # Stretches are independent (each seeks to its own keyframe), and decoding one is a chain
     # of dependent pictures that keeps a core only partly busy: the batched stretches are
-    # shared between DECODERS decoders on their own threads, each with one open container.
-    # The walks reuse the first.
-    groups = [batched[k::DECODERS] for k in range(DECODERS)]
-    sources = [StretchSource(source, held, g) for g in groups if g] or [
-        StretchSource(source, held, [])]
+    # shared between DECODERS decoders on their own threads, each with one open container,
+    # each taking the next stretch when it is done with one. The walks reuse the first.
+    shared: queue.SimpleQueue = queue.SimpleQueue()
+    for run in batched:
+        shared.put(run)
+    sources = [StretchSource(source, held, shared) for _ in range(min(DECODERS, len(batched)))
+               ] or [StretchSource(source, held, [])]
     refined = sources[0]
     done = 0
 

@@ -53,6 +53,7 @@ class DecodeStats:
     frames_decoded: int = 0
     decode_errors: int = 0
     end_time: float = 0.0  # last frame's end, relative to the stream start
+    exact_from: float | None = None  # keyframes + exact_tail: exact from this time (s) on
 
 
 def sample_count(duration: float, rate: float) -> int:
@@ -251,6 +252,8 @@ def mark_needed(packets: Iterable, time_base: Fraction, start: float, rate: floa
                 seen.append(pt)
     while pending:
         p, pt = pending.popleft()
+        if past(pt) and all(past(x) for _, x in pending):
+            return
         yield p, decide(p, pt)
         if pt is not None:
             seen.append(pt)
@@ -260,7 +263,7 @@ class PyAVSource:
     """Yields `Sample`s of one video, decoding on FFmpeg's own threads."""
 
     def __init__(self, path: Path, rate: float = 1.0, mode: SamplingMode = "exact",
-                 threads: int = 0, skip_unseen: bool = True) -> None:
+                 threads: int = 0, skip_unseen: bool = True, exact_tail: bool = False) -> None:
         if rate <= 0:
             raise MilesDeepError("--rate must be positive")
         if mode not in ("exact", "keyframes"):
@@ -272,6 +275,10 @@ class PyAVSource:
         # exact: skip decoding non-reference pictures that are on screen at no sample time
         # (`mark_needed`); the samples are the same pictures, bit for bit.
         self.skip_unseen = skip_unseen
+        # keyframes: once the last keyframe is decoded, decode the rest of the video after it
+        # too, so that its slots are exact (`stats.exact_from`); adaptive sampling would
+        # otherwise seek back and decode that keyframe again to refine them.
+        self.exact_tail = exact_tail and mode == "keyframes"
         self.info = probe(self.path)
         self.stats = DecodeStats()
 
@@ -297,6 +304,22 @@ class PyAVSource:
                                   0, n)
         skipping = False
         flagged = False  # has the demuxer marked any packet as a keyframe?
+        tail: list = []  # exact_tail: the packets after the latest keyframe, not yet decoded
+        last_key = None  # that keyframe's pts
+
+        def decode(packet, needed: bool) -> Iterator | None:
+            nonlocal skipping
+            if needed == skipping:  # switch only when it changes (frame threads copy it)
+                skipping = not needed
+                cc.skip_frame = "NONREF" if skipping else "DEFAULT"
+            try:
+                return packet.decode()
+            except av.error.EOFError:
+                return None
+            except (av.error.InvalidDataError, ValueError, av.error.FFmpegError):
+                self.stats.decode_errors += 1
+                return iter(())
+
         try:
             for packet, needed in packets:
                 if keyframes and packet.size:
@@ -305,26 +328,58 @@ class PyAVSource:
                     # NONKEY skipping decides.
                     if packet.is_keyframe:
                         flagged = True
+                        tail, last_key = [], packet.pts
                     elif flagged:
+                        if self.exact_tail:
+                            tail.append(packet)
                         continue
-                if needed == skipping:  # switch only when it changes (frame threads copy it)
-                    skipping = not needed
-                    cc.skip_frame = "NONREF" if skipping else "DEFAULT"
-                try:
-                    frames = packet.decode()
-                except av.error.EOFError:
+                if self.exact_tail and not packet.size and last_key is not None:
+                    # The end: decode the tail before this packet drains the decoder.
+                    yield from self._tail(container, tail, last_key, decode)
+                    return
+                frames = decode(packet, needed)
+                if frames is None:
                     break
-                except (av.error.InvalidDataError, ValueError, av.error.FFmpegError):
-                    self.stats.decode_errors += 1
-                    continue
                 for f in frames:
-                    if f.pts is None or (self.mode == "keyframes" and not f.key_frame):
+                    if f.pts is None or (keyframes and not f.key_frame):
                         continue
                     self.stats.frames_decoded += 1
                     yield f
         except av.error.FFmpegError:
             # A truncated or damaged tail ends demuxing; what was decoded stands.
             self.stats.decode_errors += 1
+
+    def _tail(self, container, tail: list, last_key: int, decode) -> Iterator:
+        """Every picture after the last keyframe (which the decoder holds), in presentation
+        order, then the decoder drained: the last keyframe's slots become exact."""
+        import av
+
+        vs = container.streams.video[0]
+        tb, start = vs.time_base, self.info.start
+        vs.codec_context.skip_frame = "DEFAULT"  # `decode` only switches to NONREF and back
+        t_key = float(last_key * tb) - start
+        n = sample_count(self.info.duration, self.rate) if self.info.duration > 0 else None
+        first = max(0, math.ceil(t_key * self.rate - 1e-9))
+        for packet, needed in mark_needed(tail, tb, start, self.rate, first, n,
+                                          until_last=True):
+            frames = decode(packet, needed)
+            if frames is None:
+                return
+            yield from self._after(frames, last_key)
+        try:
+            yield from self._after(vs.codec_context.decode(None), last_key)
+        except (av.error.EOFError, av.error.FFmpegError):
+            return
+        self.stats.exact_from = t_key
+
+    def _after(self, frames, last_key: int) -> Iterator:
+        for f in frames:
+            # Leading pictures of an open GOP come before its keyframe and refer to pictures
+            # pass 1 never decoded (earlier keyframes the decoder still held are fine).
+            if f.pts is None or (f.pts < last_key and not f.key_frame):
+                continue
+            self.stats.frames_decoded += 1
+            yield f
 
     def __iter__(self) -> Iterator[Sample]:
         container = open_video(self.path, probed=True)
