@@ -68,7 +68,7 @@ def targets(main: VideoReport | None, rss: dict[str, dict[str, float]]) -> list[
 
 
 def markdown(hw: dict, reports: list[VideoReport], rss: dict, target_rows: list[tuple],
-             started: str) -> str:
+             started: str, repeat: int = 1) -> str:
     out = [f"# Benchmark results ({started})", "",
            f"Hardware: {hw['cpu']}, {hw['cores']} cores; backend {hw['backend']}; "
            f"ONNX Runtime {hw['onnxruntime']}, PyAV {hw['pyav']} ({hw['ffmpeg']}); "
@@ -76,9 +76,12 @@ def markdown(hw: dict, reports: list[VideoReport], rss: dict, target_rows: list[
            "Seconds of work per hour of video (wall clock, end to end: classify, plan, write "
            ".tag and predictions). Stage columns are wall-clock seconds per hour spent in "
            "each stage; decoding runs on its own thread beside preprocessing and inference, "
-           "so they overlap and need not add up. Baseline: decode every frame, one JPEG per "
-           "second (quality 95), read back, preprocess, classify; its decode column includes "
-           "the JPEG encoding and its preprocess column the JPEG decoding.", ""]
+           "so they overlap and need not add up. Baseline (Miles Deep's way, its two halves "
+           "side by side as in miles-deep.cpp): decode every frame, one JPEG per second "
+           "(quality 95), read back, preprocess, classify; its decode column includes the JPEG "
+           "encoding and its preprocess column the JPEG decoding."
+           + (f" Every run was made {repeat} times, in turns (all runs of a clip, then all "
+              "again); each row is its median run." if repeat > 1 else ""), ""]
     if target_rows:
         out += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
         out += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in target_rows]
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="clip names (default: every clip present)")
     ap.add_argument("--no-rss", action="store_true", help="skip the 1 min vs 10 min check")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each measurement, made in turns; each reports its median")
     args = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M")
     bundle = resolve_model(args.model)
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for clip in clips:
         reports.append(bench_video(clip, bundle, clf, MODES, baseline=True,
-                                   decode_reference=True, say=log))
+                                   decode_reference=True, say=log, repeat=args.repeat))
         r = reports[-1]
         log(f"{clip.stem}: " + ", ".join(f"{x.mode} {x.seconds_per_hour:.0f} s/h"
                                          for x in r.runs))
@@ -153,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     rss_only = {k: v for k, v in rss.items() if not k.endswith("s/hour")}
     rows = targets(main_report, rss_only)
     args.out.mkdir(parents=True, exist_ok=True)
-    doc = {"started": started, "hardware": hw, "hardware_at_end": hardware_info("cpu"),
+    doc = {"started": started, "repeat": args.repeat, "hardware": hw,
+           "hardware_at_end": hardware_info("cpu"),
            "videos": [r.to_dict() for r in reports], "peak_rss_fresh_process": rss,
            "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in rows]}
     (args.out / "results.json").write_text(json.dumps(doc, indent=1))
-    md = markdown(hw, reports, rss_only, rows, started)
+    md = markdown(hw, reports, rss_only, rows, started, args.repeat)
     if rss:
         md += "\nSeconds per hour in those fresh processes: " + "; ".join(
             f"{k.split()[0]} " + ", ".join(f"{lab} {v:.0f}" for lab, v in by.items())

@@ -5,12 +5,13 @@ preprocess, inference; overlapped on the CPU path), plan the cuts, write the .ta
 predictions files (into a temporary folder). Reported per run: wall-clock seconds of work per
 hour of video (end to end and per stage), times real time, peak RSS, and what ran it.
 
-The baseline does what Miles Deep did: `ffmpeg -vf fps=1` decoding every frame and writing one
-JPEG per second (quality ~ `-q:v 1`), then a second program reading each JPEG back, resizing and
-mean-subtracting it and classifying it in batches. Here both halves run in this process, one
-after the other as in the original (the second starts when the first is done), with the same
-sampling rule as ours and the bundle's own preprocessing of the decoded JPEG (so the labels are
-comparable), and the same network session.
+The baseline does what Miles Deep did (miles-deep.cpp): `ffmpeg -vf fps=1 -q:v 1` on a thread,
+decoding every frame and writing one JPEG per second, while the main loop reads each JPEG back
+as soon as it exists, resizes and mean-subtracts it and classifies it in batches of 32. Here
+both halves run in this process, side by side as in the original, with the same sampling rule
+as ours and the bundle's own preprocessing of the decoded JPEG (so the labels are comparable),
+and the same network session. With `repeat`, every run is made several times in turns and each
+reports its median.
 
 Stage times come from the runner's clocks; stages overlap on the CPU path (decoding runs on its
 own thread beside preprocessing and inference), so they need not add up to the total.
@@ -260,9 +261,14 @@ def decode_only(video: Path, threads: int = 0) -> RunReport:
 
 def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate: float = 1.0,
                  batch: int = 32, quality: int = JPEG_QUALITY) -> tuple[RunReport, Predictions]:
-    """Miles Deep's way, in two steps like the original: every frame decoded, one per sample
-    time kept and written as a JPEG file; then each file read back, decoded, preprocessed and
-    classified in batches."""
+    """Miles Deep's way, its two halves side by side as in the original (miles-deep.cpp runs
+    ffmpeg on a thread and classifies each JPEG as soon as it exists): every frame decoded,
+    one per sample time kept and written as a JPEG file; meanwhile each file is read back,
+    decoded, preprocessed and classified in batches. (The original polls for each file with
+    one-second sleeps; here a queue hands it over at once, which only makes it faster.)"""
+    import queue
+    import threading
+
     from PIL import Image
 
     from milesdeep.pipeline.decode import open_video, probe, sample_count
@@ -271,12 +277,13 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
     info = probe(video)
     stages = dict.fromkeys(("decode", "jpeg_encode", "jpeg_decode", "preprocess",
                             "inference", "planning", "output"), 0.0)
-    t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="milesdeep-baseline-") as tmp:
-        # Step 1 (ffmpeg -vf fps=1 -q:v 1 out_%d.jpg): decode all, keep the frame on screen at
-        # each sample time, convert it to RGB and write it as a JPEG.
-        files: list[Path] = []
-        frames = 0
+    frames = 0
+    written: queue.Queue = queue.Queue()  # (path, slots it stands for); None at the end
+
+    def extract(tmp: Path) -> None:
+        """ffmpeg -vf fps=1 -q:v 1 img_%05d.jpg: decode all, keep the frame on screen at
+        each sample time, convert it to RGB and write it as a JPEG."""
+        nonlocal frames
         container = open_video(video)
         try:
             vs = container.streams.video[0]
@@ -290,11 +297,9 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
                 nonlocal i, t0
                 stages["decode"] += time.perf_counter() - t0
                 t1 = time.perf_counter()
-                rgb = frame.to_ndarray(format="rgb24")
                 path = Path(tmp) / f"{i:08d}.jpg"
-                Image.fromarray(rgb).save(path, quality=quality)
-                for _ in range(i, upto):  # a frame held for several slots is one file each
-                    files.append(path)
+                Image.fromarray(frame.to_ndarray(format="rgb24")).save(path, quality=quality)
+                written.put((path, upto - i))  # a frame held for several slots: one file each
                 i = upto
                 stages["jpeg_encode"] += time.perf_counter() - t1
                 t0 = time.perf_counter()
@@ -317,12 +322,26 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
                 keep(prev[0], n)
         finally:
             container.close()
-        if not files:
-            raise MilesDeepError("no picture could be decoded from the video stream", video)
+
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="milesdeep-baseline-") as tmp:
+        failure: list[BaseException] = []
+
+        def step1() -> None:
+            try:
+                extract(Path(tmp))
+            except BaseException as e:  # re-raised once the classifying side has stopped
+                failure.append(e)
+            finally:
+                written.put(None)
+
+        worker = threading.Thread(target=step1, name="milesdeep-baseline-ffmpeg", daemon=True)
+        worker.start()
         # Step 2: read each JPEG back, decode, preprocess, classify in batches.
         buf = np.empty((batch, *bundle.input.shape), np.float32)
         rows: list[np.ndarray] = []
         fill = 0
+        files = 0
 
         def flush() -> None:
             nonlocal fill
@@ -331,19 +350,29 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
             stages["inference"] += time.perf_counter() - t1
             fill = 0
 
-        for path in files:
-            t1 = time.perf_counter()
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
-            t2 = time.perf_counter()
-            preprocess_rgb(rgb, bundle.input, out=buf[fill])
-            stages["jpeg_decode"] += t2 - t1
-            stages["preprocess"] += time.perf_counter() - t2
-            fill += 1
-            if fill == batch:
+        try:
+            while (item := written.get()) is not None:
+                path, slots = item
+                for _ in range(slots):
+                    t1 = time.perf_counter()
+                    with Image.open(path) as im:
+                        rgb = np.asarray(im.convert("RGB"))
+                    t2 = time.perf_counter()
+                    preprocess_rgb(rgb, bundle.input, out=buf[fill])
+                    stages["jpeg_decode"] += t2 - t1
+                    stages["preprocess"] += time.perf_counter() - t2
+                    fill += 1
+                    files += 1
+                    if fill == batch:
+                        flush()
+            if fill:
                 flush()
-        if fill:
-            flush()
+        finally:
+            worker.join()
+        if failure:
+            raise failure[0]
+        if not files:
+            raise MilesDeepError("no picture could be decoded from the video stream", video)
     probs = np.concatenate(rows).astype(np.float32)
     preds = Predictions(labels=tuple(bundle.labels),
                         times=np.arange(len(probs), dtype=np.float64) / rate, probs=probs,
@@ -353,42 +382,61 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
     stages["planning"] = plan_s
     wall = (t1 - t_start) + plan_s + write_s
     report = RunReport(mode=BASELINE, duration=info.duration, wall=wall, stages=stages,
-                       samples=len(files), frames_decoded=frames, peak_rss_mib=peak_rss_mib())
+                       samples=files, frames_decoded=frames, peak_rss_mib=peak_rss_mib())
     return report, preds
 
 
 # --------------------------------------------------------------------------- a whole bench
 
 
+def median_run(runs: list[RunReport]) -> RunReport:
+    """The run with the median wall time (the lower middle one of an even count), its stage
+    times as they were in that run, and the spread of all of them in `extra`."""
+    ordered = sorted(runs, key=lambda r: r.wall)
+    mid = ordered[(len(ordered) - 1) // 2]
+    if len(runs) > 1:
+        mid.extra = {**mid.extra, "repeats": float(len(runs)), "wall_min": ordered[0].wall,
+                     "wall_max": ordered[-1].wall}
+    return mid
+
+
 def bench_video(video: Path, bundle: ModelBundle, classifier: Classifier,
                 samplings: list[str], baseline: bool = False, decode_reference: bool = False,
                 rate: float = 1.0, batch: int = 32, decode_threads: int = 0,
-                gpu_backend: Any = None, say=None) -> VideoReport:
+                gpu_backend: Any = None, say=None, repeat: int = 1) -> VideoReport:
     """Every requested run on one video. `adaptive` brings an `exact` run with it (for the
-    agreement), which is reported too."""
+    agreement), which is reported too. With `repeat` > 1 every run is made that many times,
+    in turns (all modes and the baseline, then all again), so a machine that slows down or
+    speeds up meanwhile weighs on each alike; each mode reports its median run."""
     video = Path(video)
     modes = list(dict.fromkeys(samplings))
     if any(m != "exact" for m in modes) and "exact" not in modes:
         modes.append("exact")
+    if repeat < 1:
+        raise MilesDeepError("--repeat must be at least 1")
     preds: dict[str, Predictions] = {}
-    runs: list[RunReport] = []
-    for mode in modes:
+    runs: dict[str, list[RunReport]] = {}
+
+    def note(what: str, k: int) -> None:
         if say:
-            say(f"{video.name}: {mode} ...")
-        report, preds[mode] = run_pipeline(video, bundle, classifier, mode, rate, batch,
-                                           decode_threads, gpu_backend)
-        runs.append(report)
-    if decode_reference:
-        if say:
-            say(f"{video.name}: decode only ...")
-        runs.append(decode_only(video, decode_threads))
-    if baseline:
-        if say:
-            say(f"{video.name}: baseline (Miles Deep style) ...")
-        report, preds[BASELINE] = run_baseline(video, bundle, classifier, rate, batch)
-        runs.append(report)
-    duration = max((r.duration for r in runs), default=0.0)
-    vr = VideoReport(video=str(video), duration=duration, runs=runs)
+            say(f"{video.name}: {what} ..." + (f" ({k + 1}/{repeat})" if repeat > 1 else ""))
+
+    for k in range(repeat):
+        for mode in modes:
+            note(mode, k)
+            report, preds[mode] = run_pipeline(video, bundle, classifier, mode, rate, batch,
+                                               decode_threads, gpu_backend)
+            runs.setdefault(mode, []).append(report)
+        if decode_reference:
+            note("decode only", k)
+            runs.setdefault("decode-only", []).append(decode_only(video, decode_threads))
+        if baseline:
+            note("baseline (Miles Deep style)", k)
+            report, preds[BASELINE] = run_baseline(video, bundle, classifier, rate, batch)
+            runs.setdefault(BASELINE, []).append(report)
+    medians = [median_run(r) for r in runs.values()]
+    duration = max((r.duration for r in medians), default=0.0)
+    vr = VideoReport(video=str(video), duration=duration, runs=medians)
     if "exact" in preds:
         for mode, p in preds.items():
             if mode != "exact":

@@ -68,7 +68,7 @@ def test_bench_command_writes_every_figure(tmp_path: Path, bundle_dir: Path) -> 
                          fps=10, gop=25)
     out = tmp_path / "bench.json"
     rc = run_app(["bench", str(video), "--model", str(bundle_dir), "--baseline",
-                  "--decode-reference", "--json", str(out), "-b", "4"])
+                  "--decode-reference", "--json", str(out), "-b", "4", "--repeat", "2"])
     assert rc == 0
     doc = json.loads(out.read_text())
     hw = doc["hardware"]
@@ -85,6 +85,7 @@ def test_bench_command_writes_every_figure(tmp_path: Path, bundle_dir: Path) -> 
         assert r["seconds_per_hour"] == pytest.approx(r["wall"] / r["duration"] * 3600)
         assert r["x_realtime"] == pytest.approx(r["duration"] / r["wall"])
         assert r["peak_rss_mib"] > 10
+        assert r["extra"]["repeats"] == 2  # each run is the median of two
     assert runs["exact"]["samples"] == 8
     assert runs["decode-only"]["frames_decoded"] == 80
     assert runs[BASELINE]["frames_decoded"] == 80 and runs[BASELINE]["samples"] == 8
@@ -145,7 +146,7 @@ def test_run_matrix_writes_markdown_and_json(tmp_path: Path, bundle_dir: Path) -
     colour_video(clips / f"{rm.MAIN}.mp4", ["red"] * 2 + ["blue"] * 3, fps=10, gop=20)
     out = tmp_path / "results"
     assert rm.main(["--clips", str(clips), "--out", str(out), "--no-rss",
-                    "--model", str(bundle_dir)]) == 0
+                    "--model", str(bundle_dir), "--repeat", "1"]) == 0
     doc = json.loads((out / "results.json").read_text())
     (v,) = doc["videos"]
     assert {r["mode"] for r in v["runs"]} == {"adaptive", "exact", "keyframes", "decode-only",
@@ -172,3 +173,28 @@ def test_bench_takes_folders_and_goes_on_past_a_broken_file(tmp_path: Path, bund
     assert "broken.mp4" in err and "Traceback" not in err
     measured = sorted(Path(v["video"]).name for v in json.loads(out.read_text())["videos"])
     assert measured == ["a.mp4", "b.mp4"]
+
+
+def test_repeated_runs_report_each_mode_s_median(tmp_path: Path, bundle_dir: Path) -> None:
+    from milesdeep.bench import RunReport, bench_video, median_run
+
+    walls = [3.0, 1.0, 2.0, 5.0]
+    runs = [RunReport("exact", 10.0, w, {"decode": w / 2}) for w in walls]
+    mid = median_run(runs)
+    # The lower middle of an even count: a real run, its own stage times, and the spread.
+    assert mid.wall == 2.0 and mid.stages == {"decode": 1.0}
+    assert mid.extra == {"repeats": 4.0, "wall_min": 1.0, "wall_max": 5.0}
+    assert median_run(runs[:1]).extra == {}
+
+    video = colour_video(tmp_path / "c.mp4", ["red"] * 2 + ["blue"] * 2, fps=10, gop=20)
+    bundle = load_bundle(bundle_dir)
+    said: list[str] = []
+    vr = bench_video(video, bundle, OrtClassifier(bundle, threads=1), ["adaptive"],
+                     baseline=True, repeat=2, say=said.append)
+    assert [r.mode for r in vr.runs] == ["adaptive", "exact", BASELINE]
+    for r in vr.runs:
+        assert r.extra["repeats"] == 2 and r.extra["wall_min"] <= r.wall <= r.extra["wall_max"]
+    # In turns: every mode once, then every mode again.
+    assert said == [f"c.mp4: {m} ... ({k}/2)" for k in (1, 2)
+                    for m in ("adaptive", "exact", "baseline (Miles Deep style)")]
+    assert vr.agreement == {"adaptive": 1.0, BASELINE: 1.0}

@@ -22,7 +22,7 @@ def _fmt(v: float | None, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def video_table(report, hardware: dict) -> Table:
+def video_table(report, hardware: dict, repeat: int = 1) -> Table:
     """One table per video: a row per run, seconds of work per hour of video."""
     from milesdeep.bench import BASELINE
 
@@ -30,7 +30,9 @@ def video_table(report, hardware: dict) -> Table:
              f"{hardware['backend']}, {hardware['cpu']}, {hardware['cores']} cores"
              + (f", {hardware['gpu']}" if hardware.get("gpu") else ""))
     t = Table(title=title, title_justify="left", show_edge=False,
-              caption="seconds of work per hour of video; stages overlap", caption_justify="left")
+              caption="seconds of work per hour of video; stages overlap"
+              + (f"; each run the median of {repeat}" if repeat > 1 else ""),
+              caption_justify="left")
     t.add_column("run", no_wrap=True)
     t.add_column("s/hour", justify="right")
     for s in STAGE_COLUMNS:
@@ -73,6 +75,9 @@ def bench(
     isolate: Annotated[bool, typer.Option(
         "--isolate", help="Run each measurement in a fresh process (own peak RSS; no "
         "agreement figures)")] = False,
+    repeat: Annotated[int, typer.Option(
+        "--repeat", min=1, max=100, help="Make every run this many times, in turns, and "
+        "report each one's median")] = 1,
     model: o.ModelOpt = None,
     batch: o.BatchOpt = 32,
     rate: o.RateOpt = 1.0,
@@ -85,6 +90,7 @@ def bench(
         bench_video,
         gpu_driver_version,
         hardware_info,
+        median_run,
     )
     from milesdeep.pipeline.backend import resolve_backend
     from milesdeep.pipeline.run import SAMPLING_MODES
@@ -126,15 +132,17 @@ def bench(
 
     def _bench_one(video: Path) -> VideoReport:
         if isolate:
-            runs = [bench_isolated(video, m, model, rate, batch) for m in modes]
-            if decode_reference:
-                runs.append(bench_isolated(video, "decode-only", model, rate, batch))
-            if baseline:
-                runs.append(bench_isolated(video, BASELINE, model, rate, batch))
+            what = modes + ["decode-only"] * decode_reference + [BASELINE] * baseline
+            each: dict[str, list] = {}
+            for _ in range(repeat):
+                for m in what:
+                    each.setdefault(m, []).append(bench_isolated(video, m, model, rate, batch))
+            runs = [median_run(r) for r in each.values()]
             return VideoReport(str(video), max(r.duration for r in runs), runs)
         return bench_video(video, bundle, classifier, modes, baseline=baseline,
                            decode_reference=decode_reference, rate=rate, batch=batch,
-                           gpu_backend=gpu_backend, say=lambda m: console.print(m, style="dim"))
+                           gpu_backend=gpu_backend, say=lambda m: console.print(m, style="dim"),
+                           repeat=repeat)
 
     reports = []
     failed = 0
@@ -147,7 +155,7 @@ def bench(
                 console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
                 continue
             reports.append(report)
-            wide.print(video_table(report, hardware))
+            wide.print(video_table(report, hardware, repeat))
             for mode in modes:
                 s = report.speedup(mode)
                 if s is not None:
