@@ -83,7 +83,11 @@ def classify_video_gpu(path: Path, bundle: ModelBundle, backend: GpuBackend,
     times = times if times is not None else StageTimes()
     start = time.perf_counter()
     gpu, clf, pre = backend.gpu, backend.classifier, backend.preprocessor
-    source = gpu_source(Path(path), gpu, rate=options.rate, mode=options.sampling,
+    # Adaptive sampling saves CPU decoding; NVDEC decodes every picture far faster than the
+    # network classifies, so on the GPU it samples exactly (the CPU decoder a file may fall
+    # back to knows only exact and keyframes).
+    mode = "exact" if options.sampling == "adaptive" else options.sampling
+    source = gpu_source(Path(path), gpu, rate=options.rate, mode=mode,  # type: ignore[arg-type]
                         threads=options.decode_threads, say=backend.say)
     duration = source.info.duration
     batch = min(options.batch, clf.max_batch)
