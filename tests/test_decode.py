@@ -195,3 +195,16 @@ def test_keyframes_with_an_exact_tail(tmp_path: Path, rate: float) -> None:
         assert t.pts == e.pts
         assert np.array_equal(t.frame.y, e.frame.y) and np.array_equal(t.frame.uv, e.frame.uv)
     assert len(tail) > len(keys) if rate > 1 else len(tail) >= len(keys)
+
+
+def test_an_exact_tail_too_long_to_hold_is_given_up(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import milesdeep.pipeline.decode as decode
+    from tests.videos import flash_beep_video
+
+    video = flash_beep_video(tmp_path / "b.mp4", seconds=4, gop=25, audio=False)
+    keys = [(s.index, s.hold, s.pts) for s in PyAVSource(video, mode="keyframes")]
+    monkeypatch.setattr(decode, "TAIL_BYTES", 10)  # less than the last GOP's packets
+    src = PyAVSource(video, mode="keyframes", exact_tail=True)
+    assert [(s.index, s.hold, s.pts) for s in src] == keys
+    assert src.stats.exact_from is None  # adaptive then refines that stretch by seeking

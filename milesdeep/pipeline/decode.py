@@ -259,6 +259,11 @@ def mark_needed(packets: Iterable, time_base: Fraction, start: float, rate: floa
             seen.append(pt)
 
 
+# exact_tail holds the packets after the latest keyframe in memory until the next one (or the
+# end); past this many bytes it gives up on that GOP, so memory does not grow with GOP length.
+TAIL_BYTES = 64 << 20
+
+
 class PyAVSource:
     """Yields `Sample`s of one video, decoding on FFmpeg's own threads."""
 
@@ -304,7 +309,9 @@ class PyAVSource:
                                   0, n)
         skipping = False
         flagged = False  # has the demuxer marked any packet as a keyframe?
-        tail: list = []  # exact_tail: the packets after the latest keyframe, not yet decoded
+        tail: list | None = []  # exact_tail: the packets after the latest keyframe, not yet
+        # decoded; None once they outgrow TAIL_BYTES (a GOP that long is refined as others are)
+        held = 0  # their bytes
         last_key = None  # that keyframe's pts
 
         def decode(packet, needed: bool) -> Iterator | None:
@@ -328,12 +335,16 @@ class PyAVSource:
                     # NONKEY skipping decides.
                     if packet.is_keyframe:
                         flagged = True
-                        tail, last_key = [], packet.pts
+                        tail, held, last_key = [], 0, packet.pts
                     elif flagged:
-                        if self.exact_tail:
+                        if self.exact_tail and tail is not None:
                             tail.append(packet)
+                            held += packet.size
+                            if held > TAIL_BYTES:
+                                tail = None
                         continue
-                if self.exact_tail and not packet.size and last_key is not None:
+                if not packet.size and self.exact_tail and last_key is not None and (
+                        tail is not None):
                     # The end: decode the tail before this packet drains the decoder.
                     yield from self._tail(container, tail, last_key, decode)
                     return
