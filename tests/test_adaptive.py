@@ -203,3 +203,17 @@ def test_the_last_gop_is_decoded_in_pass_one_not_refined(tmp_path: Path, colours
     assert times.extra["keyframes"] == 3
     assert times.extra["tail_samples"] == 3  # 9, 10, 11 s
     assert times.frames_decoded <= 2 + 40  # two keyframes, then the last GOP once
+
+
+def test_two_walks_side_by_side_match_exact(tmp_path: Path, colours) -> None:
+    # Keyframes every 8 s (10 fps): red -> blue at 5 s, blue -> red at 13 s; both GOPs are
+    # walked, on two decoders at once, each stopping at its change.
+    pattern = ["red"] * 5 + ["blue"] * 8 + ["red"] * 11
+    video = fixed_gop_video(tmp_path / "two.mp4", pattern, 10, 80)
+    exact, t_exact = run(video, colours, "exact")
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(exact) == pattern
+    assert labels_of(adaptive) == pattern
+    assert times.extra["walked_stretches"] == 2
+    assert times.extra["slots_held_after_walks"] >= 2 + 2  # 6..7 and 14..15 not decoded
+    assert times.frames_decoded < t_exact.frames_decoded

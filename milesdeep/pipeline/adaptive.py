@@ -28,8 +28,10 @@ keyframes.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -335,26 +337,29 @@ def classify_video_adaptive(
     # Stretches are independent (each seeks to its own keyframe), and decoding one is a chain
     # of dependent pictures that keeps a core only partly busy: the batched stretches are
     # shared between DECODERS decoders on their own threads, each with one open container,
-    # each taking the next stretch when it is done with one. The walks reuse the first.
+    # each taking the next stretch when it is done with one. The walks reuse them.
     shared: queue.SimpleQueue = queue.SimpleQueue()
     for run in batched:
         shared.put(run)
-    sources = [StretchSource(source, held, shared) for _ in range(min(DECODERS, len(batched)))
-               ] or [StretchSource(source, held, [])]
-    refined = sources[0]
+    sources = [StretchSource(source, held, shared) for _ in range(min(DECODERS, len(batched)))]
     done = 0
+
+    # Walks run on several threads at once, each classifying its own samples: the counters
+    # and the progress callback are shared.
+    lock = threading.Lock()
 
     def on_refined(batch: list[Sample], p: np.ndarray) -> None:
         nonlocal done
-        for s, row in zip(batch, p):
-            probs[s.index] = row
-        done += len(batch)
-        if progress is not None and duration > 0:
-            progress(duration * (0.5 + 0.5 * done / max(1, to_refine)), duration)
+        with lock:
+            for s, row in zip(batch, p):
+                probs[s.index] = row
+            done += len(batch)
+            if progress is not None and duration > 0:
+                progress(duration * (0.5 + 0.5 * done / max(1, to_refine)), duration)
 
     held_after = 0
 
-    def walk_one(run: tuple[int, int, int]) -> None:
+    def walk_one(run: tuple[int, int, int], stretches: StretchSource) -> None:
         """Decode and classify the stretch a few samples at a time until a sample agrees,
         confidently, with the next keyframe; the rest of the stretch holds that sample."""
         nonlocal done, held_after
@@ -364,7 +369,7 @@ def classify_video_adaptive(
         # Decoding runs in step with classification here (no thread running ahead): every
         # picture decoded past the agreeing sample would be wasted, and decoding a sample's
         # pictures costs far more than classifying it.
-        samples = refined.samples(run)
+        samples = stretches.samples(run)
         try:
             while True:
                 t0 = time.perf_counter()
@@ -380,16 +385,38 @@ def classify_video_adaptive(
         finally:
             samples.close()  # type: ignore[attr-defined]
         if last + 1 < b:
-            probs[last + 1: b] = probs[last]
-            done += b - (last + 1)
-            held_after += b - (last + 1)
+            with lock:
+                probs[last + 1: b] = probs[last]
+                done += b - (last + 1)
+                held_after += b - (last + 1)
+
+    def walk_all() -> None:
+        """The walks, DECODERS at a time: a walk keeps its decoder waiting for each sample's
+        scores, so two walks side by side fill each other's gaps."""
+        while len(sources) < min(DECODERS, len(walks)):
+            sources.append(StretchSource(source, held, []))
+        free: queue.SimpleQueue = queue.SimpleQueue()
+        for src in sources[:DECODERS]:
+            free.put(src)
+
+        def one(run: tuple[int, int, int]) -> None:
+            src = free.get()
+            try:
+                walk_one(run, src)
+            finally:
+                free.put(src)
+
+        with ThreadPoolExecutor(max_workers=min(DECODERS, len(walks)),
+                                thread_name_prefix="milesdeep-walk") as pool:
+            for f in [pool.submit(one, run) for run in walks]:
+                f.result()  # re-raises a walk's error
 
     try:
         if batched:
             classify_samples(_threaded_all(sources, QUEUE_FRAMES, times), bundle, classifier,
                              options.batch, times, on_refined)
-        for run in walks:
-            walk_one(run)
+        if walks:
+            walk_all()
     finally:
         for src in sources:
             src.close()
