@@ -86,6 +86,8 @@ def test_bench_command_writes_every_figure(tmp_path: Path, bundle_dir: Path) -> 
         assert r["x_realtime"] == pytest.approx(r["duration"] / r["wall"])
         assert r["peak_rss_mib"] > 10
         assert r["extra"]["repeats"] == 2  # each run is the median of two
+        assert r["cpu"] > 0
+        assert r["cpu_seconds_per_hour"] == pytest.approx(r["cpu"] / r["duration"] * 3600)
     assert runs["exact"]["samples"] == 8
     assert runs["decode-only"]["frames_decoded"] == 80
     assert runs[BASELINE]["frames_decoded"] == 80 and runs[BASELINE]["samples"] == 8
@@ -93,6 +95,8 @@ def test_bench_command_writes_every_figure(tmp_path: Path, bundle_dir: Path) -> 
     assert v["agreement_with_exact"] == {"adaptive": 1.0, BASELINE: 1.0}
     assert v["speedup_vs_baseline"]["adaptive"] == pytest.approx(
         runs[BASELINE]["wall"] / runs["adaptive"]["wall"])
+    assert v["cpu_ratio_vs_baseline"]["adaptive"] == pytest.approx(
+        runs[BASELINE]["cpu"] / runs["adaptive"]["cpu"])
 
 
 def test_baseline_round_trips_through_jpeg(tmp_path: Path, bundle_dir: Path) -> None:
@@ -119,6 +123,7 @@ def test_isolated_run_reports_its_own_peak_rss(tmp_path: Path) -> None:
     report = bench_isolated(video, "decode-only")
     assert report.mode == "decode-only" and report.frames_decoded == 10
     assert 10 < report.peak_rss_mib < 4096
+    assert 0 < report.cpu < 60  # the child's own CPU seconds come back too
 
 
 def test_bench_refuses_bad_requests(tmp_path: Path, bundle_dir: Path, capsys) -> None:

@@ -30,11 +30,13 @@ def video_table(report, hardware: dict, repeat: int = 1) -> Table:
              f"{hardware['backend']}, {hardware['cpu']}, {hardware['cores']} cores"
              + (f", {hardware['gpu']}" if hardware.get("gpu") else ""))
     t = Table(title=title, title_justify="left", show_edge=False,
-              caption="seconds of work per hour of video; stages overlap"
+              caption="seconds of work per hour of video (CPU: of every core together); "
+              "stages overlap"
               + (f"; each run the median of {repeat}" if repeat > 1 else ""),
               caption_justify="left")
     t.add_column("run", no_wrap=True)
     t.add_column("s/hour", justify="right")
+    t.add_column("CPU s/hour", justify="right")
     for s in STAGE_COLUMNS:
         t.add_column(s, justify="right")
     t.add_column("× real time", justify="right")
@@ -49,7 +51,7 @@ def video_table(report, hardware: dict, repeat: int = 1) -> Table:
             per["preprocess"] = (per.get("preprocess", 0) + per.get("jpeg_decode", 0))
         speed = report.speedup(r.mode) if r.mode != BASELINE else None
         agree = report.agreement.get(r.mode)
-        t.add_row(r.mode, _fmt(r.seconds_per_hour),
+        t.add_row(r.mode, _fmt(r.seconds_per_hour), _fmt(r.cpu_seconds_per_hour),
                   *(_fmt(per.get(s)) for s in STAGE_COLUMNS),
                   _fmt(r.x_realtime), _fmt(r.peak_rss_mib, ".0f"),
                   "-" if speed is None else f"{speed:.1f}×",
@@ -157,9 +159,10 @@ def bench(
             reports.append(report)
             wide.print(video_table(report, hardware, repeat))
             for mode in modes:
-                s = report.speedup(mode)
+                s, c = report.speedup(mode), report.speedup(mode, cpu=True)
                 if s is not None:
-                    console.print(f"{mode}: {s:.1f}× faster than the Miles-Deep-style baseline")
+                    console.print(f"{mode}: {s:.1f}× faster than the Miles-Deep-style baseline"
+                                  + (f" ({c:.1f}× less CPU)" if c else ""))
     finally:
         if gpu_backend is not None:
             gpu_backend.close()
