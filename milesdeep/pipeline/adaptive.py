@@ -370,20 +370,26 @@ def classify_video_adaptive(
         # picture decoded past the agreeing sample would be wasted, and decoding a sample's
         # pictures costs far more than classifying it.
         samples = stretches.samples(run)
+        mine = StageTimes()  # this walk's clocks, added to the run's under the lock
         try:
             while True:
                 t0 = time.perf_counter()
                 chunk = [s for _, s in zip(range(WALK_BATCH), samples)]
-                times.decode += time.perf_counter() - t0
+                mine.decode += time.perf_counter() - t0
                 if not chunk:
                     return
-                classify_samples(chunk, bundle, classifier, len(chunk), times, on_refined)
+                classify_samples(chunk, bundle, classifier, len(chunk), mine, on_refined)
                 last = chunk[-1].index
                 row = probs[last: last + 1]
                 if int(row.argmax()) == target and not uncertain(row, margin)[0]:
                     break
         finally:
             samples.close()  # type: ignore[attr-defined]
+            with lock:
+                times.decode += mine.decode
+                times.preprocess += mine.preprocess
+                times.inference += mine.inference
+                times.samples += mine.samples
         if last + 1 < b:
             with lock:
                 probs[last + 1: b] = probs[last]
