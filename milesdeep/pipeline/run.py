@@ -67,13 +67,15 @@ def _threaded_all(its: Sequence[Iterable], maxsize: int, times: StageTimes) -> I
     in whatever order the workers produce them); re-raise a worker's error here."""
     q: queue.Queue = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
+    clock = threading.Lock()  # several workers add to one counter
 
     def work(it: Iterable) -> None:
         try:
             t0 = time.perf_counter()
             for item in it:
                 t1 = time.perf_counter()
-                times.decode += t1 - t0
+                with clock:
+                    times.decode += t1 - t0
                 while not stop.is_set():
                     try:
                         q.put(item, timeout=0.1)
