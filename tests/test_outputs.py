@@ -176,3 +176,26 @@ def test_long_runs_are_binned_by_averaging() -> None:
     np.testing.assert_allclose(probs[0], preds.probs[:3].mean(axis=0), rtol=1e-6)
     same_t, same_p = binned(preds.times, preds.probs, 1000)
     assert same_t is preds.times and same_p is preds.probs
+
+
+def test_a_ctrl_c_as_the_temporary_file_is_made_leaves_nothing(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    import os
+    import signal
+    import tempfile
+
+    from milesdeep.pipeline import atomic
+
+    real = tempfile.mkstemp
+
+    def interrupted(*args, **kwargs):  # the signal arrives right after the file exists
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_path(tmp_path / "out.tag") as tmp:
+            tmp.write_text("never")
+    assert list(tmp_path.iterdir()) == []

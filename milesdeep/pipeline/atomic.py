@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,20 @@ def check_writable_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (where the OS allows it)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
 def atomic_path(final: Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `final`; on success rename it to `final`.
 
@@ -42,19 +57,25 @@ def atomic_path(final: Path, overwrite: bool = True) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise MilesDeepError("output exists; pass --overwrite to replace it", final)
     check_writable_dir(final.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem[:40]}.", suffix=f".part{final.suffix}",
-                               dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)
+    tmp_path: Path | None = None
     try:
+        # A Ctrl-C between creating the file and knowing its name would leave it behind: the
+        # signal waits until the name is held (and is then raised here, inside the try).
+        with _signals_held():
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.stem[:40]}.",
+                                       suffix=f".part{final.suffix}", dir=final.parent)
+            tmp_path = Path(tmp)
+            os.close(fd)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         yield tmp_path
         os.replace(tmp_path, final)
     except OSError as e:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         raise MilesDeepError(f"cannot write the output ({e.strerror or e})", final) from None
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         raise
 
 
