@@ -296,6 +296,7 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
                             "inference", "planning", "output"), 0.0)
     frames = 0
     written: queue.Queue = queue.Queue()  # (path, slots it stands for); None at the end
+    halt = threading.Event()  # the classifying side failed or was interrupted
 
     def extract(tmp: Path) -> None:
         """ffmpeg -vf fps=1 -q:v 1 img_%05d.jpg: decode all, keep the frame on screen at
@@ -322,6 +323,8 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
                 t0 = time.perf_counter()
 
             for f in container.decode(vs):
+                if halt.is_set():
+                    return
                 frames += 1
                 if f.pts is None:
                     continue
@@ -386,6 +389,7 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
             if fill:
                 flush()
         finally:
+            halt.set()  # a no-op after a full run; otherwise decoding need not go on
             worker.join()
         if failure:
             raise failure[0]

@@ -138,10 +138,10 @@ class StretchSource:
     """Yields one `Sample` per slot of each stretch, decoding from the keyframe before it."""
 
     def __init__(self, source: PyAVSource, held: list[Held],
-                 stretches: list[tuple[int, int, int]] | queue.SimpleQueue) -> None:
+                 stretches: queue.SimpleQueue | None = None) -> None:
         self.source = source
         self.held = held
-        self.stretches = stretches
+        self.stretches = stretches if stretches is not None else queue.SimpleQueue()
         self.frames_decoded = 0
         self.decode_errors = 0  # damaged packets skipped in the refined stretches
         self.last_end = 0.0  # end of the last picture decoded (a truncated file ends early)
@@ -168,12 +168,8 @@ class StretchSource:
         self.close()
 
     def __iter__(self) -> Iterator[Sample]:
-        """Every stretch in `stretches` (a list, or a queue several sources share so that none
-        sits idle while another has work), in order; the container stays open."""
-        if isinstance(self.stretches, list):
-            for run in self.stretches:
-                yield from self.samples(run)
-            return
+        """The stretches of `stretches`, a queue several sources share so that none sits idle
+        while another has work; the container stays open."""
         while True:
             try:
                 run = self.stretches.get_nowait()
@@ -400,7 +396,7 @@ def classify_video_adaptive(
         """The walks, DECODERS at a time: a walk keeps its decoder waiting for each sample's
         scores, so two walks side by side fill each other's gaps."""
         while len(sources) < min(DECODERS, len(walks)):
-            sources.append(StretchSource(source, held, []))
+            sources.append(StretchSource(source, held))
         free: queue.SimpleQueue = queue.SimpleQueue()
         for src in sources[:DECODERS]:
             free.put(src)
