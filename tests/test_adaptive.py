@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,111 @@ def test_two_walks_side_by_side_match_exact(tmp_path: Path, colours) -> None:
     assert times.extra["walked_stretches"] == 2
     assert times.extra["slots_held_after_walks"] >= 2 + 2  # 6..7 and 14..15 not decoded
     assert times.frames_decoded < t_exact.frames_decoded
+
+
+def changing_every_frame_video(path: Path, fps: int, gop: int, codec: str = "libx264",
+                               pix_fmt: str = "yuv420p") -> tuple[Path, list[str]]:
+    """Colours changing every 1.5 s (so mid-second too), `gop` frames per keyframe; returns
+    the video and the colour on screen at each whole second."""
+    names = ["red", "blue", "green", "gray"]
+    per = [names[(k * 2) // (3 * fps) % 4] for k in range(8 * fps)]  # 1.5 s per colour
+    pts = [round(k * 1000 / fps) for k in range(len(per))]
+    opts = {"sc_threshold": "0", "keyint_min": str(gop)} if codec == "libx264" else {}
+    video = encode_frames(path, [solid(COLOURS[n]) for n in per], pts, codec=codec,
+                          pix_fmt=pix_fmt, gop=gop, options=opts)
+    return video, [per[s * fps] for s in range(8)]
+
+
+@pytest.mark.parametrize("gop", [1, 5])
+def test_keyframes_closer_than_the_slots_are_decoded_only_where_held(tmp_path: Path, colours,
+                                                                     gop: int) -> None:
+    # 10 fps with a keyframe every frame (all-intra) or every half second: each slot's picture
+    # is a keyframe, so pass 1 alone is exact, and the keyframes between slots never decoded.
+    video, want = changing_every_frame_video(tmp_path / f"g{gop}.mp4", 10, gop)
+    exact, _ = run(video, colours, "exact")
+    keys, t_keys = run(video, colours, "keyframes")
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(exact) == want
+    assert labels_of(keys) == want and labels_of(adaptive) == want
+    np.testing.assert_array_equal(adaptive.probs, exact.probs)
+    assert times.extra["refined_slots"] == 0
+    assert t_keys.frames_decoded == times.frames_decoded == 8  # one picture per slot
+    assert times.extra["keyframes_skipped"] == 80 // gop - 8
+
+
+def test_keyframes_between_slots_are_skipped_and_the_others_refined(tmp_path: Path,
+                                                                    colours) -> None:
+    # A keyframe every 3 frames at 10 fps (0, 0.3, 0.6, 0.9 s ...): slots 0, 3 and 6 s are
+    # keyframes and exact in pass 1; the others show the picture after the keyframe held for
+    # them (1.0 s comes after 0.9 s) and are refined from it; the keyframes held for no slot
+    # (0.3, 0.6, 1.2 ...) are never decoded.
+    video, want = changing_every_frame_video(tmp_path / "g3.mp4", 10, 3)
+    exact, _ = run(video, colours, "exact")
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(exact) == labels_of(adaptive) == want
+    np.testing.assert_array_equal(adaptive.probs, exact.probs)
+    assert times.extra["refined_slots"] == 5  # 1, 2, 4, 5, 7 s
+    assert times.extra["keyframes"] == 8 and times.extra["keyframes_skipped"] == 27 - 8
+
+
+def test_an_intra_only_codec_reads_only_the_pictures_of_the_slots(tmp_path: Path,
+                                                                  colours) -> None:
+    from milesdeep.pipeline.decode import PyAVSource
+
+    video, want = changing_every_frame_video(tmp_path / "mjpeg.mkv", 10, 1, codec="mjpeg",
+                                             pix_fmt="yuvj420p")
+    exact, t_exact = run(video, colours, "exact")
+    assert labels_of(exact) == want
+    assert t_exact.frames_decoded == 8  # not 80: MJPEG pictures stand alone
+    # The same pictures as decoding every one of them.
+    every = list(PyAVSource(video, skip_unseen=False))
+    for a, b in zip(PyAVSource(video), every, strict=True):
+        assert a.pts == b.pts
+        np.testing.assert_array_equal(a.frame.y, b.frame.y)
+    adaptive, times = run(video, colours, "adaptive")
+    np.testing.assert_array_equal(adaptive.probs, exact.probs)
+    assert times.frames_decoded == 8
+
+
+@pytest.mark.parametrize("sampling", ["adaptive", "keyframes", "exact"])
+def test_sparse_slots_do_not_look_like_a_truncated_file(tmp_path: Path, colours,
+                                                        sampling: str) -> None:
+    # One slot every 4 s of a 7.9 s video: nothing after the 4 s slot needs decoding, but
+    # the file's pictures still reach its end (only a file that really ends early warns).
+    from milesdeep.batch.tag_job import decode_warnings
+
+    video = fixed_gop_video(tmp_path / "sparse.mp4", ["red"] * 4 + ["blue"] * 4, 10, 20)
+    preds, times = run(video, colours, sampling, rate=0.25)
+    assert decode_warnings(0, times.extra["decoded_end"], preds.duration) == []
+    assert times.extra["decoded_end"] == pytest.approx(preds.duration, abs=0.11)
+
+
+@pytest.mark.parametrize("codec, fps, gop", [("libx264", 10, 25), ("libx265", 50, 130)])
+def test_open_gops_give_each_keyframe_in_order(tmp_path: Path, colours, codec: str, fps: int,
+                                               gop: int) -> None:
+    # Open GOPs (an H.264 recovery-point I picture, an HEVC CRA) with B-frames: fed straight
+    # after one another, such keyframes came out of the decoder reordered or not at all (the
+    # picture at 2.6 s on screen at 0 s). Each is now decoded as a seek would: anew.
+    from milesdeep.pipeline.decode import PyAVSource
+
+    pattern = ["red"] * 3 + ["blue"] * 4 + ["green"] * 3 + ["red"] * 3 + ["gray"] * 4
+    frames = [solid(COLOURS[n]) for n in pattern for _ in range(fps)]
+    pts = [k * 1000 // fps for k in range(len(frames))]
+    if codec == "libx264":
+        options = {"bf": "3", "sc_threshold": "0", "keyint_min": str(gop),
+                   "x264-params": "open-gop=1"}
+    else:
+        options = {"x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=1:"
+                                  "bframes=3:log-level=error"}
+    video = encode_frames(tmp_path / "open.mp4", frames, pts, codec=codec, gop=gop,
+                          options=options)
+    keys = [(s.index, s.pts) for s in PyAVSource(video, mode="keyframes")]
+    times = [k * gop / fps for k in range(len(frames) // gop + 1)]
+    assert [round(p, 3) for _, p in keys] == [round(t, 3) for t in times]
+    assert [i for i, _ in keys] == [math.ceil(t - 1e-9) for t in times]
+    exact, _ = run(video, colours, "exact")
+    adaptive, stats = run(video, colours, "adaptive")
+    assert labels_of(adaptive) == labels_of(exact)
+    assert labels_of(exact)[:len(pattern)] == pattern  # (HEVC in MP4 may last a frame more)
+    np.testing.assert_allclose(adaptive.probs, exact.probs, atol=1e-5)
+    assert stats.extra["refined_slots"] > 0

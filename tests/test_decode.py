@@ -64,7 +64,9 @@ def test_keyframes_sampling_holds_each_keyframe(tmp_path: Path) -> None:
     for s in samples:
         for i in range(s.index, s.index + s.hold):
             assert s.pts <= i + 1e-6  # never a picture from the future
-    assert src.stats.frames_decoded == 5  # the decoder skipped every other frame
+    # The decoder skipped every other frame, and the keyframe at 4.8 s is held for no slot:
+    # it is never decoded.
+    assert (src.stats.frames_decoded, src.stats.keyframes_skipped) == (4, 1)
 
 
 def test_rotation_and_ten_bit(tmp_path: Path) -> None:
@@ -208,3 +210,32 @@ def test_an_exact_tail_too_long_to_hold_is_given_up(tmp_path: Path,
     src = PyAVSource(video, mode="keyframes", exact_tail=True)
     assert [(s.index, s.hold, s.pts) for s in src] == keys
     assert src.stats.exact_from is None  # adaptive then refines that stretch by seeking
+
+
+@pytest.mark.parametrize("container", ["mp4", "ts"])
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_keyframe_resets_tells_idr_from_open_gop_keyframes(tmp_path: Path, codec: str,
+                                                           container: str) -> None:
+    import av
+
+    from milesdeep.pipeline.decode import keyframe_resets
+
+    frames = [solid((k * 9 % 256, 80, 160)) for k in range(40)]
+    pts = [k * 100 for k in range(40)]
+    found = {}
+    for gop_kind in ("open", "closed"):
+        flag = "1" if gop_kind == "open" else "0"
+        options = ({"bf": "2", "sc_threshold": "0", "keyint_min": "10",
+                    "x264-params": f"open-gop={flag}"} if codec == "libx264" else
+                   {"x265-params": f"keyint=10:min-keyint=10:scenecut=0:open-gop={flag}:"
+                                   "bframes=2:log-level=error"})
+        path = encode_frames(tmp_path / f"{gop_kind}.{container}", frames, pts, codec=codec,
+                             gop=10, options=options)
+        with av.open(str(path)) as c:
+            vs = c.streams.video[0]
+            check = keyframe_resets(vs.codec_context.name, vs.codec_context.extradata)
+            found[gop_kind] = [check(bytes(p)) for p in c.demux(vs) if p.size and p.is_keyframe]
+    assert len(found["open"]) == len(found["closed"]) == 4
+    assert found["closed"] == [True] * 4  # IDR pictures
+    assert found["open"] == [True, False, False, False]  # an IDR, then recovery points / CRAs
+    assert keyframe_resets("mpeg2video", None)(b"\x00\x00\x01\xb3") is None

@@ -89,8 +89,8 @@ class TagJob(ModelJob):
                            params=self.params, out_dir=self.out_dir, plot=self.plot,
                            progress=progress)
         t = result.times
-        # Keyframe sampling decodes too little to tell where the pictures end.
-        end = t.extra.get("decoded_end") if self.run_options.sampling != "keyframes" else None
-        warnings = decode_warnings(t.decode_errors, end, result.predictions.duration)
+        # Where the file's pictures end, whatever the sampling decoded of them.
+        warnings = decode_warnings(t.decode_errors, t.extra.get("decoded_end"),
+                                   result.predictions.duration)
         return FileWork(list(result.outputs), float(result.predictions.duration), warnings,
                         result)

@@ -5,7 +5,9 @@ network does), and most of it is wasted: a cut made by stream copy starts at a k
 So, in two passes over the file:
 
 1. Keyframes only (the decoder is fed keyframe packets alone): each keyframe is classified and
-   held for the sample slots up to the next keyframe, as `keyframes` sampling does.
+   held for the sample slots up to the next keyframe, as `keyframes` sampling does. Slots
+   before the next picture after a keyframe (pass 1 sees every packet's time) show that
+   keyframe: they are exact already (on an all-intra stream, every slot is).
 2. Wherever two neighbouring keyframes disagree (different winning class), or a keyframe's
    scores are near the decision (top two within 2 * margin of each other, or the top score
    within margin of `threshold`), the stretch that keyframe holds — and, for an uncertain one,
@@ -50,11 +52,23 @@ DEFAULT_THRESHOLD = 0.5  # the planner's default min_score
 
 @dataclass(frozen=True)
 class Held:
-    """One pass-1 sample: keyframe at `pts` seconds, held for slots [index, index + hold)."""
+    """One pass-1 sample: keyframe at `pts` seconds, held for slots [index, index + hold);
+    `shown_until`: when the next picture comes on screen (`DecodeStats.shown_until`), if known."""
 
     index: int
     hold: int
     pts: float
+    shown_until: float | None = None
+
+    def first_other(self, rate: float) -> int:
+        """The first held slot that may show another picture than the keyframe: the ones
+        before it are exact already."""
+        if self.shown_until is None:  # only a slot at the keyframe's own time is sure
+            return self.index + 1 if abs(self.index / rate - self.pts) < 1e-6 else self.index
+        i = self.index
+        while i < self.index + self.hold and i / rate < self.shown_until - 1e-9:
+            i += 1
+        return i
 
 
 def uncertain(probs: np.ndarray, margin: float, threshold: float = DEFAULT_THRESHOLD
@@ -102,9 +116,7 @@ def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: flo
         # through would also decode the pictures between the earlier stretch's last sample and
         # this keyframe, which no sample needs (half a GOP when one sample per GOP is refined).
         h = held[j]
-        a, b = h.index, h.index + h.hold
-        if abs(a / rate - h.pts) < 1e-6:
-            a += 1  # slot a shows the keyframe itself: pass 1 already has it exactly
+        a, b = h.first_other(rate), h.index + h.hold  # slots before a show the keyframe
         if a < b:
             out.append((a, b, int(j)))
     return out
@@ -308,6 +320,8 @@ def classify_video_adaptive(
     if not held:
         raise MilesDeepError("no samples could be taken from the video", path)
     key_probs = np.stack(key_rows).astype(np.float32)
+    shown = source.stats.shown_until
+    held = [Held(h.index, h.hold, h.pts, shown.get(round(h.pts, 6))) for h in held]
     n = max(n_expected, held[-1].index + held[-1].hold)
     probs = np.empty((n, len(bundle.labels)), dtype=np.float32)
     for h, p in zip(held, key_probs):
@@ -323,6 +337,7 @@ def classify_video_adaptive(
     tail = int(exact_rows(held, exact_from).sum()) - 1 if exact_from is not None else 0
     times.extra["keyframes"] = float(len(held) - max(0, tail))
     times.extra["tail_samples"] = float(max(0, tail))  # pass-1 samples after the last keyframe
+    times.extra["keyframes_skipped"] = float(source.stats.keyframes_skipped)
 
     walk = walkable(held, key_probs, margin, exact_from=exact_from)
     # Walking decodes in step with classification (no overlap), so it only pays where there

@@ -7,9 +7,12 @@ the first frame. Timestamps are used throughout, never frame counts, so variable
 just works.
 
 Modes:
-- `exact`: decode every frame, keep the one on screen at each sample time.
+- `exact`: decode every frame, keep the one on screen at each sample time (non-reference
+  pictures on screen at no sample time are skipped; with an intra-only codec, every picture
+  on screen at none).
 - `keyframes`: decode keyframes only (the decoder skips the rest); each keyframe is held for
-  every sample time until the next keyframe (`Sample.hold`).
+  every sample time until the next keyframe (`Sample.hold`). A keyframe held for no sample time
+  is not decoded; an open-GOP keyframe is decoded anew, as after a seek.
 """
 
 from __future__ import annotations
@@ -52,8 +55,14 @@ class VideoInfo:
 class DecodeStats:
     frames_decoded: int = 0
     decode_errors: int = 0
-    end_time: float = 0.0  # last frame's end, relative to the stream start
+    # where the file's pictures end, relative to the stream start: the last decoded frame's end,
+    # or a later packet's that no slot needed decoded (a truncated file ends early)
+    end_time: float = 0.0
     exact_from: float | None = None  # keyframes + exact_tail: exact from this time (s) on
+    keyframes_skipped: int = 0  # keyframes: keyframes held for no slot, never decoded
+    # keyframes: keyframe time (s, rounded to 1e-6) -> time the next picture comes on screen;
+    # the slots before it show the keyframe itself (so adaptive sampling has them exactly)
+    shown_until: dict[float, float] = field(default_factory=dict)
 
 
 def sample_count(duration: float, rate: float) -> int:
@@ -263,6 +272,49 @@ def mark_needed(packets: Iterable, time_base: Fraction, start: float, rate: floa
 # end); past this many bytes it gives up on that GOP, so memory does not grow with GOP length.
 TAIL_BYTES = 64 << 20
 
+# NAL unit types of pictures that reset the picture order count (and, in H.264, frame_num):
+# H.264 IDR; HEVC IDR and BLA. A keyframe of another kind (an H.264 recovery point, an HEVC
+# CRA: open GOPs) continues the count from the pictures before it.
+_RESETS = {"h264": frozenset({5}), "hevc": frozenset({16, 17, 18, 19, 20})}
+_VCL = {"h264": range(1, 6), "hevc": range(0, 32)}
+
+
+def keyframe_resets(codec: str, extradata: bytes | None) -> Any:
+    """A function telling, from a keyframe packet's bytes, whether that picture resets the
+    picture order count (True), or not (False: it is a valid start only after a flush), or
+    None when this codec has no such count or the packet cannot be read."""
+    if codec not in _RESETS:
+        return lambda data: None
+    resets, vcl = _RESETS[codec], _VCL[codec]
+    # MP4 and Matroska carry length-prefixed NAL units (avcC / hvcC extradata says how long
+    # the prefix is); MPEG-TS and raw streams carry start codes.
+    size = None
+    if extradata and len(extradata) > 21 and extradata[0] == 1:
+        size = (extradata[4 if codec == "h264" else 21] & 3) + 1
+
+    def nal_types(data) -> Iterator[int]:
+        if size is not None:  # (a memoryview: the picture's bytes need not be copied)
+            i = 0
+            while i + size < len(data):
+                n = int.from_bytes(data[i:i + size], "big")
+                yield data[i + size]
+                i += size + n
+            return
+        data = bytes(data)
+        i = data.find(b"\x00\x00\x01")
+        while 0 <= i < len(data) - 3:
+            yield data[i + 3]
+            i = data.find(b"\x00\x00\x01", i + 3)
+
+    def check(data) -> bool | None:
+        for header in nal_types(data):
+            t = header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
+            if t in vcl:
+                return t in resets
+        return None
+
+    return check
+
 
 class PyAVSource:
     """Yields `Sample`s of one video, decoding on FFmpeg's own threads."""
@@ -286,6 +338,7 @@ class PyAVSource:
         self.exact_tail = exact_tail and mode == "keyframes"
         self.info = probe(self.path)
         self.stats = DecodeStats()
+        self._seen_end = 0.0  # the end of the last packet demuxed, decoded or not
 
     @property
     def expected_samples(self) -> int:
@@ -299,20 +352,38 @@ class PyAVSource:
         cc = vs.codec_context
         cc.thread_type = "AUTO"
         cc.thread_count = self.threads
+        tb, start, rate = vs.time_base, self.info.start, self.rate
+        n = sample_count(self.info.duration, rate) if self.info.duration > 0 else None
         keyframes = self.mode == "keyframes"
         if keyframes:
             cc.skip_frame = "NONKEY"
         packets: Iterator = ((p, True) for p in container.demux(vs))
+        # Intra-only codecs (MJPEG, ProRes, DNxHD, ...): no picture refers to another, so one
+        # shown at no slot is not even handed to the decoder.
+        drop_unseen = False
         if not keyframes and self.skip_unseen:
-            n = sample_count(self.info.duration, self.rate) if self.info.duration > 0 else None
-            packets = mark_needed(container.demux(vs), vs.time_base, self.info.start, self.rate,
-                                  0, n)
+            packets = mark_needed(container.demux(vs), tb, start, rate, 0, n)
+            drop_unseen = bool(cc.codec.intra_only)
         skipping = False
         flagged = False  # has the demuxer marked any packet as a keyframe?
         tail: list | None = []  # exact_tail: the packets after the latest keyframe, not yet
         # decoded; None once they outgrow TAIL_BYTES (a GOP that long is refined as others are)
         held = 0  # their bytes
         last_key = None  # that keyframe's pts
+        # Keyframes: each keyframe packet waits until the next one shows whether keyframe
+        # sampling gives it any slot; one that would be held for none is never decoded (with
+        # keyframes closer together than the slots, or an intra-only stream, most are not).
+        pending: tuple | None = None  # (packet, seconds)
+        fed = False  # has a keyframe been decoded? The first one holds the slots before it.
+        resets = keyframe_resets(cc.name, cc.extradata)
+        restarts = False  # has an open-GOP keyframe been met (each one then starts anew)?
+        fed_last = False  # was the latest keyframe decoded (so its tail can follow)?
+        recent: list[float] = []  # the last two keyframes' times, for `stats.shown_until`
+        eof = False  # the decoder said it has ended
+        shown = self.stats.shown_until
+
+        def seconds(packet) -> float | None:
+            return None if packet.pts is None else float(packet.pts * tb) - start
 
         def decode(packet, needed: bool) -> Iterator | None:
             nonlocal skipping
@@ -327,38 +398,127 @@ class PyAVSource:
                 self.stats.decode_errors += 1
                 return iter(())
 
+        def pictures(frames) -> Iterator:
+            for f in frames:
+                if f.pts is None or (keyframes and not f.key_frame):
+                    continue
+                self.stats.frames_decoded += 1
+                yield f
+
+        def holds_a_slot(t: float | None, t_next: float) -> bool:
+            """Would keyframe sampling hold the keyframe at t for a slot before t_next?"""
+            if t is None or not fed or t_next <= t + 1e-9:
+                return True
+            i = max(0, math.ceil(t * rate - 1e-9))  # the first slot at or after t
+            return (n is None or i < n) and i / rate < t_next - 1e-9
+
+        def release(t_next: float, following=None) -> Iterator:
+            """The pending keyframe's frames, or nothing if no slot needs it; `following`: the
+            next keyframe packet (None at the end). Sets `eof` if the decoder ended."""
+            nonlocal pending, fed, fed_last, restarts, eof
+            packet, t = pending  # type: ignore[misc]
+            pending = None
+            fed_last = holds_a_slot(t, t_next)
+            if not fed_last:
+                self.stats.keyframes_skipped += 1
+                return
+            fresh = resets(memoryview(packet)) is False
+            if not fed and not restarts and following is not None and (
+                    resets(memoryview(following)) is False):
+                # Open GOPs ahead: every keyframe will be decoded on its own, so frame
+                # threads could only add latency; slices still share out each picture.
+                cc.thread_type = "SLICE"
+            if fresh and fed:
+                # An open-GOP keyframe continues the picture order count of the pictures
+                # before it, which keyframe sampling never decodes: fed straight after the
+                # previous keyframe, the decoder would reorder or drop pictures. So, as a seek
+                # does: take what the decoder holds, flush it, and start anew here.
+                restarts = True
+                try:
+                    yield from cc.decode(None)
+                except (av.error.EOFError, av.error.FFmpegError):
+                    pass
+                cc.flush_buffers()
+            fed = True
+            frames = decode(packet, True)
+            if frames is None:
+                eof = True
+                return
+            yield from frames
+
+        def note(t: float | None, key: bool) -> None:
+            """`stats.shown_until`: when the next picture after each keyframe comes on screen
+            (a missing timestamp could be anywhere: only the keyframe's own time is sure)."""
+            for k in recent:
+                v = k if t is None else t
+                if v > k + 1e-9 or t is None:
+                    shown[round(k, 6)] = min(shown[round(k, 6)], v)
+            if key:
+                recent[:] = [] if t is None else recent[-1:] + [t]
+                if t is not None:
+                    shown.setdefault(round(t, 6), math.inf)
+
+        def finish() -> Iterator:
+            """The end: the pending keyframe, then its tail (exact_tail) or the drained decoder."""
+            if pending is not None:
+                yield from pictures(release(math.inf))
+                if eof:
+                    return
+                if fed_last and self.exact_tail and tail is not None:
+                    yield from self._tail(container, tail, last_key, decode)
+                    return
+            try:
+                yield from pictures(cc.decode(None))
+            except (av.error.EOFError, av.error.FFmpegError):
+                return
+
         try:
             for packet, needed in packets:
+                if packet.size and packet.pts is not None:
+                    self._seen_end = max(self._seen_end, float(
+                        (packet.pts + (packet.duration or 0)) * tb) - start)
                 if keyframes and packet.size:
                     # Keyframes only: the decoder never even parses the others. Until one
                     # packet is marked (some streams carry no flags), the decoder's own
                     # NONKEY skipping decides.
+                    t = seconds(packet)
                     if packet.is_keyframe:
                         flagged = True
+                        note(t, True)
+                        if pending is not None:
+                            yield from pictures(release(math.inf if t is None else t, packet))
+                            if eof:
+                                return
+                        pending = (packet, t)
                         tail, held, last_key = [], 0, packet.pts
-                    elif flagged:
+                        continue
+                    if flagged:
+                        note(t, False)
                         if self.exact_tail and tail is not None:
                             tail.append(packet)
                             held += packet.size
                             if held > TAIL_BYTES:
                                 tail = None
                         continue
-                if not packet.size and self.exact_tail and last_key is not None and (
-                        tail is not None):
-                    # The end: decode the tail before this packet drains the decoder.
-                    yield from self._tail(container, tail, last_key, decode)
+                if not packet.size and pending is not None:
+                    yield from finish()
                     return
+                if drop_unseen and not needed and packet.size:
+                    continue
                 frames = decode(packet, needed)
                 if frames is None:
                     break
-                for f in frames:
-                    if f.pts is None or (keyframes and not f.key_frame):
-                        continue
-                    self.stats.frames_decoded += 1
-                    yield f
+                yield from pictures(frames)
+            else:
+                if pending is not None:  # no end-of-stream packet came
+                    yield from finish()
         except av.error.FFmpegError:
-            # A truncated or damaged tail ends demuxing; what was decoded stands.
+            # A truncated or damaged tail ends demuxing; what was decoded stands, and the
+            # keyframe still waiting is decoded too.
             self.stats.decode_errors += 1
+            if pending is not None:
+                tail = None
+                yield from finish()
 
     def _tail(self, container, tail: list, last_key: int, decode) -> Iterator:
         """Every picture after the last keyframe (which the decoder holds), in presentation
@@ -426,7 +586,7 @@ class PyAVSource:
             prev = (f, t)
             if duration > 0 and t >= duration:
                 break  # past the length known at open: a file still growing is read no further
-        self.stats.end_time = last_end
+        self.stats.end_time = max(last_end, self._seen_end)
         if prev is None:
             raise MilesDeepError("no picture could be decoded from the video stream", self.path)
         end = duration if duration > 0 else last_end
