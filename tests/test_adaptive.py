@@ -248,6 +248,11 @@ def test_keyframes_closer_than_the_slots_are_decoded_only_where_held(tmp_path: P
     assert times.extra["refined_slots"] == 0
     assert t_keys.frames_decoded == times.frames_decoded == 8  # one picture per slot
     assert times.extra["keyframes_skipped"] == 80 // gop - 8
+    # What pass 1 keeps per keyframe is kept for the held ones only (not one per picture).
+    from milesdeep.pipeline.decode import PyAVSource
+
+    src = PyAVSource(video, mode="keyframes", exact_tail=True)
+    assert len(list(src)) == 8 and len(src.stats.shown_until) == 8
 
 
 def test_keyframes_between_slots_are_skipped_and_the_others_refined(tmp_path: Path,

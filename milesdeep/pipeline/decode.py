@@ -421,6 +421,8 @@ class PyAVSource:
             fed_last = holds_a_slot(t, t_next)
             if not fed_last:
                 self.stats.keyframes_skipped += 1
+                if t is not None:  # (an all-intra stream would keep one entry a picture)
+                    shown.pop(round(t, 6), None)
                 return
             fresh = resets(memoryview(packet)) is False
             if not fed and not restarts and following is not None and (
@@ -451,7 +453,7 @@ class PyAVSource:
             (a missing timestamp could be anywhere: only the keyframe's own time is sure)."""
             for k in recent:
                 v = k if t is None else t
-                if v > k + 1e-9 or t is None:
+                if (v > k + 1e-9 or t is None) and round(k, 6) in shown:
                     shown[round(k, 6)] = min(shown[round(k, 6)], v)
             if key:
                 recent[:] = [] if t is None else recent[-1:] + [t]
