@@ -255,19 +255,22 @@ def test_keyframes_closer_than_the_slots_are_decoded_only_where_held(tmp_path: P
     assert len(list(src)) == 8 and len(src.stats.shown_until) == 8
 
 
-def test_keyframes_between_slots_are_skipped_and_the_others_refined(tmp_path: Path,
-                                                                    colours) -> None:
-    # A keyframe every 3 frames at 10 fps (0, 0.3, 0.6, 0.9 s ...): slots 0, 3 and 6 s are
-    # keyframes and exact in pass 1; the others show the picture after the keyframe held for
-    # them (1.0 s comes after 0.9 s) and are refined from it; the keyframes held for no slot
-    # (0.3, 0.6, 1.2 ...) are never decoded.
+def test_keyframes_between_slots_are_skipped_unless_compared(tmp_path: Path,
+                                                             colours) -> None:
+    # A keyframe every 3 frames at 10 fps (0, 0.3, 0.6, 0.9 s ...), colours every 1.5 s:
+    # slots 0, 3 and 6 s are keyframes, exact in pass 1. Slot 1 s shows the picture after the
+    # keyframe at 0.9 s that holds it, so that keyframe is compared with the next one (1.2 s,
+    # classified though it holds no slot); they agree, as they do at every such slot here, so
+    # nothing is refined. Keyframes that neither hold a slot nor follow one whose slot shows
+    # another picture (0.3, 0.6, 1.5 s ...) are never decoded.
     video, want = changing_every_frame_video(tmp_path / "g3.mp4", 10, 3)
     exact, _ = run(video, colours, "exact")
     adaptive, times = run(video, colours, "adaptive")
     assert labels_of(exact) == labels_of(adaptive) == want
     np.testing.assert_array_equal(adaptive.probs, exact.probs)
-    assert times.extra["refined_slots"] == 5  # 1, 2, 4, 5, 7 s
-    assert times.extra["keyframes"] == 8 and times.extra["keyframes_skipped"] == 27 - 8
+    assert times.extra["refined_slots"] == 0
+    # 8 keyframes hold slots, 5 more are compared with (after 0.9, 1.8, 3.9, 4.8 and 6.9 s).
+    assert times.extra["keyframes"] == 13 and times.extra["keyframes_skipped"] == 27 - 13
 
 
 def test_an_intra_only_codec_reads_only_the_pictures_of_the_slots(tmp_path: Path,
@@ -331,3 +334,55 @@ def test_open_gops_give_each_keyframe_in_order(tmp_path: Path, colours, codec: s
     assert labels_of(exact)[:len(pattern)] == pattern  # (HEVC in MP4 may last a frame more)
     np.testing.assert_allclose(adaptive.probs, exact.probs, atol=1e-5)
     assert stats.extra["refined_slots"] > 0
+
+
+def test_a_keyframe_between_slots_is_still_compared(tmp_path: Path, colours) -> None:
+    # Keyframes every 0.7 s at 10 fps; blue on [1.9, 2.5) s inside red. Slot 2 (2.0 s) is
+    # held by the keyframe at 1.4 s (red) and the next keyframe holding a slot is at 2.8 s
+    # (red); the one at 2.1 s (blue) holds no slot, but it is what tells that the class
+    # changes after 1.4 s: it is classified (holding no slot) and slot 2 refined.
+    names = ["red"] * 19 + ["blue"] * 6 + ["red"] * 25
+    video = encode_frames(tmp_path / "gop7.mp4", [solid(COLOURS[n]) for n in names],
+                          [k * 100 for k in range(len(names))], gop=7,
+                          options={"sc_threshold": "0", "keyint_min": "7"})
+    exact, _ = run(video, colours, "exact")
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(exact) == ["red", "red", "blue", "red", "red"]
+    assert labels_of(adaptive) == labels_of(exact)
+    np.testing.assert_allclose(adaptive.probs, exact.probs, atol=1e-5)
+    assert times.extra["refined_slots"] >= 1
+
+
+def test_the_last_keyframe_is_compared_even_off_the_slots(tmp_path: Path, colours) -> None:
+    # One slot every 2 s, keyframes every 3 s (0, 3, 6, 9), red on [7, 9.5) s inside blue:
+    # slot 8 s is held by the keyframe at 6 s (blue), the slot at 10 s comes from the last
+    # GOP (blue), and only the keyframe at 9 s (red, on screen at no slot) shows the change.
+    names = ["blue"] * 70 + ["red"] * 25 + ["blue"] * 15
+    video = encode_frames(tmp_path / "tail3.mp4", [solid(COLOURS[n]) for n in names],
+                          [k * 100 for k in range(len(names))], gop=30,
+                          options={"sc_threshold": "0", "keyint_min": "30"})
+    exact, _ = run(video, colours, "exact", rate=0.5)
+    adaptive, _ = run(video, colours, "adaptive", rate=0.5)
+    assert labels_of(exact) == ["blue"] * 4 + ["red", "blue"]
+    assert labels_of(adaptive) == labels_of(exact)
+    np.testing.assert_allclose(adaptive.probs, exact.probs, atol=1e-5)
+
+
+@pytest.mark.parametrize("open_gop", ["0", "1"])
+def test_refining_in_mpeg_ts_starts_at_the_keyframe(tmp_path: Path, colours,
+                                                    open_gop: str) -> None:
+    # MPEG-TS has no index: a seek lands near the time asked for (here after the keyframe,
+    # its timestamps start at 0.2 s and the seek goes by decode time), and refining a stretch
+    # failed with "no picture could be decoded". The keyframe is now found by reading on, or
+    # by seeking again from further back.
+    pattern = ["red"] * 1 + ["blue"] * 4 + ["green"] * 3 + ["red"] * 4
+    frames = [solid(COLOURS[n]) for n in pattern for _ in range(10)]
+    video = encode_frames(tmp_path / "v.ts", frames, [k * 100 for k in range(len(frames))],
+                          gop=25, options={"bf": "3", "sc_threshold": "0", "keyint_min": "25",
+                                           "x264-params": f"open-gop={open_gop}"})
+    exact, _ = run(video, colours, "exact")
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(exact) == pattern
+    assert labels_of(adaptive) == pattern
+    np.testing.assert_allclose(adaptive.probs, exact.probs, atol=1e-5)
+    assert times.extra["refined_slots"] >= 3  # the stretch from 0 s among them

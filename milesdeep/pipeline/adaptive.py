@@ -196,17 +196,53 @@ class StretchSource:
         yield from self._stretch(container, container.streams.video[0], a, b,
                                  self.held[j].pts)
 
+    def _from_keyframe(self, container, vs, key_pts: float) -> Iterator:
+        """The packets in decode order from the keyframe at `key_pts` seconds on. A seek in a
+        file without an index (MPEG-TS) lands near the time asked for, not on its keyframe,
+        maybe after it: the packets before that keyframe are read past, and a seek that
+        overshot is made again from further back."""
+        import av
+
+        tb = vs.time_base
+        start = self.source.info.start
+
+        def at_key(p) -> bool:
+            return p.is_keyframe and p.pts is not None and (
+                abs(float(p.pts * tb) - start - key_pts) < 1e-6)
+
+        back = 0.0
+        while True:
+            target = key_pts + start - back  # seconds on the stream's clock
+            first = target < 0  # nothing earlier to try: from the file's beginning
+            try:
+                if first:
+                    container.seek(0)
+                else:
+                    container.seek(int(round(target / tb)), stream=vs, backward=True)
+            except av.error.FFmpegError:
+                raise MilesDeepError(f"cannot seek to {key_pts:.3f} s in this file; "
+                                     "use --sampling exact", self.source.path) from None
+            packets = container.demux(vs)
+            for p in packets:
+                if at_key(p):
+                    yield p
+                    yield from packets
+                    return
+                t = None if p.pts is None else float(p.pts * tb) - start
+                if t is not None and t > key_pts + 1e-6 and p.is_keyframe:
+                    break  # past it: the seek landed after the keyframe
+            if first:
+                raise MilesDeepError(f"no picture could be decoded after seeking to "
+                                     f"{key_pts:.3f} s", self.source.path)
+            back = max(1.0, 2 * back)
+
     def _stretch(self, container, vs, a: int, b: int, key_pts: float) -> Iterator[Sample]:
         import av
 
         tb = vs.time_base
         start = self.source.info.start
         rate = self.source.rate
-        try:
-            container.seek(int(round((key_pts + start) / tb)), stream=vs, backward=True)
-        except av.error.FFmpegError:
-            raise MilesDeepError(f"cannot seek to {key_pts:.3f} s in this file; "
-                                 "use --sampling exact", self.source.path) from None
+        packets = self._from_keyframe(container, vs, key_pts)
         vs.codec_context.flush_buffers()
         vs.codec_context.skip_frame = "DEFAULT"
         i = a
@@ -227,7 +263,7 @@ class StretchSource:
         def frames() -> Iterator:
             cc = vs.codec_context
             skipping = False
-            for packet, needed in mark_needed(container.demux(vs), tb, start, rate, a, b,
+            for packet, needed in mark_needed(packets, tb, start, rate, a, b,
                                               until_last=True):
                 if needed == skipping:  # non-reference pictures shown at no slot: skipped
                     skipping = not needed
@@ -298,7 +334,7 @@ def classify_video_adaptive(
     # Pass 1 decodes the last GOP whole from its keyframe (nothing follows it to compare it
     # with), so that stretch is exact without seeking back to decode the keyframe again.
     source = PyAVSource(Path(path), rate=options.rate, mode="keyframes",
-                        threads=options.decode_threads, exact_tail=True)
+                        threads=options.decode_threads, exact_tail=True, partners=True)
     duration = source.info.duration or 0.0
     n_expected = source.expected_samples
 

@@ -320,7 +320,8 @@ class PyAVSource:
     """Yields `Sample`s of one video, decoding on FFmpeg's own threads."""
 
     def __init__(self, path: Path, rate: float = 1.0, mode: SamplingMode = "exact",
-                 threads: int = 0, skip_unseen: bool = True, exact_tail: bool = False) -> None:
+                 threads: int = 0, skip_unseen: bool = True, exact_tail: bool = False,
+                 partners: bool = False) -> None:
         if rate <= 0:
             raise MilesDeepError("--rate must be positive")
         if mode not in ("exact", "keyframes"):
@@ -336,6 +337,10 @@ class PyAVSource:
         # too, so that its slots are exact (`stats.exact_from`); adaptive sampling would
         # otherwise seek back and decode that keyframe again to refine them.
         self.exact_tail = exact_tail and mode == "keyframes"
+        # keyframes: a keyframe held for no slot still comes as a sample holding none
+        # (`hold` 0) when the keyframe before it holds a slot showing another picture:
+        # adaptive sampling compares each keyframe with the next one to find class changes.
+        self.partners = partners and mode == "keyframes"
         self.info = probe(self.path)
         self.stats = DecodeStats()
         self._seen_end = 0.0  # the end of the last packet demuxed, decoded or not
@@ -378,6 +383,7 @@ class PyAVSource:
         resets = keyframe_resets(cc.name, cc.extradata)
         restarts = False  # has an open-GOP keyframe been met (each one then starts anew)?
         fed_last = False  # was the latest keyframe decoded (so its tail can follow)?
+        last_fed: float | None = None  # the time of the last keyframe decoded
         recent: list[float] = []  # the last two keyframes' times, for `stats.shown_until`
         eof = False  # the decoder said it has ended
         shown = self.stats.shown_until
@@ -412,13 +418,23 @@ class PyAVSource:
             i = max(0, math.ceil(t * rate - 1e-9))  # the first slot at or after t
             return (n is None or i < n) and i / rate < t_next - 1e-9
 
+        def holds_another(t_key: float | None, t_next: float) -> bool:
+            """Does the keyframe at t_key hold a slot before t_next that shows another picture
+            than itself (one at or after `shown_until`)?"""
+            if t_key is None:
+                return True
+            after = max(t_key, shown.get(round(t_key, 6), t_key))
+            i = max(0, math.ceil(after * rate - 1e-9))
+            return (n is None or i < n) and i / rate < t_next - 1e-9
+
         def release(t_next: float, following=None) -> Iterator:
             """The pending keyframe's frames, or nothing if no slot needs it; `following`: the
             next keyframe packet (None at the end). Sets `eof` if the decoder ended."""
-            nonlocal pending, fed, fed_last, restarts, eof
+            nonlocal pending, fed, fed_last, restarts, eof, last_fed
             packet, t = pending  # type: ignore[misc]
             pending = None
-            fed_last = holds_a_slot(t, t_next)
+            fed_last = holds_a_slot(t, t_next) or (self.partners and t is not None and (
+                last_fed is not None and holds_another(last_fed, t)))
             if not fed_last:
                 self.stats.keyframes_skipped += 1
                 if t is not None:  # (an all-intra stream would keep one entry a picture)
@@ -442,6 +458,7 @@ class PyAVSource:
                     pass
                 cc.flush_buffers()
             fed = True
+            last_fed = t
             frames = decode(packet, True)
             if frames is None:
                 eof = True
@@ -585,6 +602,8 @@ class PyAVSource:
             if i > first:
                 holder = prev if prev is not None else (f, t)
                 yield from self._emit(holder, first, i)
+            elif self.partners and prev is not None and prev[0].key_frame:
+                yield from self._emit(prev, i, i)  # a keyframe holding no slot: hold 0
             prev = (f, t)
             if duration > 0 and t >= duration:
                 break  # past the length known at open: a file still growing is read no further
@@ -595,6 +614,8 @@ class PyAVSource:
         n = sample_count(end, rate)
         if i < n:
             yield from self._emit(prev, i, n)
+        elif self.partners and prev[0].key_frame and n > 0:
+            yield from self._emit(prev, i, i)  # the last keyframe, holding no slot
 
     def _emit(self, holder, first: int, stop: int) -> Iterator[Sample]:
         frame, pts = holder
