@@ -23,10 +23,10 @@ Between two agreeing, confident keyframes the class is assumed constant, and a w
 is assumed to hold one change: more than one change between neighbouring keyframes (there and
 back, or back and forth) is the one thing this can miss (the bench reports the agreement with
 `exact`). A keyframe that holds no slot is still classified, holding none, where the stretch
-before it needs it as the neighbour (`PyAVSource(partners=True)`). The last keyframe's stretch has no neighbour to compare with: pass 1 decodes it
-whole, straight on from that keyframe (`PyAVSource(exact_tail=True)`), so it is exact and
-never sought back to. Long GOPs are no special case: a stretch is whatever lies between two
-keyframes.
+before it needs it as the neighbour (`PyAVSource(partners=True)`). The last keyframe's stretch
+has no neighbour to compare with: pass 1 decodes it whole, straight on from that keyframe
+(`PyAVSource(exact_tail=True)`), so it is exact and never sought back to. Long GOPs are no
+special case: a stretch is whatever lies between two keyframes.
 """
 
 from __future__ import annotations
