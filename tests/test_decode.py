@@ -239,3 +239,28 @@ def test_keyframe_resets_tells_idr_from_open_gop_keyframes(tmp_path: Path, codec
     assert found["closed"] == [True] * 4  # IDR pictures
     assert found["open"] == [True, False, False, False]  # an IDR, then recovery points / CRAs
     assert keyframe_resets("mpeg2video", None)(b"\x00\x00\x01\xb3") is None
+
+
+def test_an_open_gop_stream_cut_mid_gop(tmp_path: Path) -> None:
+    # A capture that starts inside a GOP: the packets before the first keyframe reach the
+    # decoder (no keyframe flag seen yet), so it is open when open-GOP keyframes are met
+    # (its threading can no longer be changed then: that used to raise).
+    import av
+
+    frames = [solid((k * 9 % 256, 80, 160)) for k in range(50)]
+    whole = encode_frames(tmp_path / "whole.ts", frames, [k * 100 for k in range(50)],
+                          gop=10, options={"bf": "2", "sc_threshold": "0", "keyint_min": "10",
+                                           "x264-params": "open-gop=1:repeat-headers=1"})
+    cut = tmp_path / "cut.ts"
+    with av.open(str(whole)) as src, av.open(str(cut), "w") as out:
+        vin = src.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        for k, packet in enumerate(src.demux(vin)):
+            if k >= 4 and packet.size:  # from the middle of the first GOP
+                packet.stream = vout
+                out.mux(packet)
+    samples = list(PyAVSource(cut, mode="keyframes"))
+    # Keyframes every second from 0.4 s (the cut's own start is 0); the first one also stands
+    # for slot 0, before it.
+    assert [(s.index, round(s.pts, 1)) for s in samples] == [
+        (0, 0.4), (1, 0.4), (2, 1.4), (3, 2.4), (4, 3.4)]

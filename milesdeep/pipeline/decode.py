@@ -381,7 +381,6 @@ class PyAVSource:
         pending: tuple | None = None  # (packet, seconds)
         fed = False  # has a keyframe been decoded? The first one holds the slots before it.
         resets = keyframe_resets(cc.name, cc.extradata)
-        restarts = False  # has an open-GOP keyframe been met (each one then starts anew)?
         fed_last = False  # was the latest keyframe decoded (so its tail can follow)?
         last_fed: float | None = None  # the time of the last keyframe decoded
         recent: list[float] = []  # the last two keyframes' times, for `stats.shown_until`
@@ -430,7 +429,7 @@ class PyAVSource:
         def release(t_next: float, following=None) -> Iterator:
             """The pending keyframe's frames, or nothing if no slot needs it; `following`: the
             next keyframe packet (None at the end). Sets `eof` if the decoder ended."""
-            nonlocal pending, fed, fed_last, restarts, eof, last_fed
+            nonlocal pending, fed, fed_last, eof, last_fed
             packet, t = pending  # type: ignore[misc]
             pending = None
             fed_last = holds_a_slot(t, t_next) or (self.partners and t is not None and (
@@ -441,7 +440,7 @@ class PyAVSource:
                     shown.pop(round(t, 6), None)
                 return
             fresh = resets(memoryview(packet)) is False
-            if not fed and not restarts and following is not None and (
+            if not cc.is_open and following is not None and (
                     resets(memoryview(following)) is False):
                 # Open GOPs ahead: every keyframe will be decoded on its own, so frame
                 # threads could only add latency; slices still share out each picture.
@@ -451,7 +450,6 @@ class PyAVSource:
                 # before it, which keyframe sampling never decodes: fed straight after the
                 # previous keyframe, the decoder would reorder or drop pictures. So, as a seek
                 # does: take what the decoder holds, flush it, and start anew here.
-                restarts = True
                 try:
                     yield from cc.decode(None)
                 except (av.error.EOFError, av.error.FFmpegError):
