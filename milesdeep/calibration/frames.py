@@ -200,11 +200,18 @@ def frames_at(path: Path, times: Sequence[float]) -> Iterator[tuple[float, Frame
         i = 0
         while i < len(pending):
             target = pending[i]
-            for from_start in (False, True):
-                # The keyframe at or before the target; if the index is wrong and the seek
-                # lands past it, read from the start instead.
-                at = info.start + (0.0 if from_start else max(target, 0.0))
-                container.seek(int(at / tb), stream=vs, backward=True)
+            back = 0.0
+            while True:
+                # The keyframe at or before the target. A seek that lands past it (a wrong
+                # index; MPEG-TS, which has none, lands near the time by decode order) is made
+                # again from further back, and at last from the file's start.
+                at = info.start + target - back
+                from_start = at < 0
+                if from_start:
+                    container.seek(0)
+                else:
+                    container.seek(int(at / tb), stream=vs, backward=True)
+                back = max(1.0, 2 * back)
                 frames = _decoded(container, info)
                 prev = next(frames, None)
                 if prev is None and from_start:
