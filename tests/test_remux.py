@@ -26,6 +26,7 @@ SOURCES = {
     "h264.mp4": (dict(fps=25, gop=25, bframes=2), 25, 25, True),
     "h264-gop50-b3.mp4": (dict(fps=25, gop=50, bframes=3), 25, 50, True),
     "h264.mkv": (dict(fps=30, gop=15, bframes=2), 30, 15, True),
+    "h264.ts": (dict(fps=25, gop=25, bframes=2), 25, 25, True),
     "wmv2.wmv": (dict(fps=25, gop=25), 25, 25, False),
 }
 # Boundaries on whole frames at 25 and 30 fps, away from the flashes at k + 0.6 s.
