@@ -314,3 +314,41 @@ def test_jobs_give_the_same_outputs_and_survive_a_dying_worker(
     assert "bug.mp4: internal error (TypeError: a bug)" in log
     assert many.exit_code == 1
     assert output_files(tmp_path / "many") == output_files(tmp_path / "one")
+
+
+def _open_and_claim(directory: str, k: int, go, errors) -> None:
+    from milesdeep.batch.state import StateDB
+
+    try:
+        go.wait()
+        for j in range(3):
+            db = StateDB(Path(directory))
+            out = Path(f"/nowhere/out{k}_{j}.mp4")
+            db.claimed_by(out)
+            db.claim(Path(f"/nowhere/in{k}.mp4"), [out])
+            db.close()
+    except Exception as e:  # noqa: BLE001  reported to the test
+        errors.put(repr(e))
+
+
+def test_worker_processes_opening_a_new_state_db_at_once(tmp_path: Path) -> None:
+    # `-j` workers open the same new database together; switching it to WAL answered
+    # "database is locked" at once (the busy timeout does not apply), failing a file.
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # (spawn would import everything again, 36 times)
+    errors = ctx.Queue()
+    for rep in range(12):
+        go = ctx.Event()
+        procs = [ctx.Process(target=_open_and_claim, args=(str(tmp_path / f"r{rep}"), k, go,
+                                                           errors)) for k in range(3)]
+        (tmp_path / f"r{rep}").mkdir()
+        for p in procs:
+            p.start()
+        go.set()
+        for p in procs:
+            p.join(60)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []

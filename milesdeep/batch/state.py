@@ -98,21 +98,41 @@ class StateDB:
             return None
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                conn.close()
-                raise MilesDeepError(f"the state database has schema version {version}, this "
-                                     f"program writes {SCHEMA_VERSION}; delete it to start "
-                                     "afresh", self.path)
-            conn.execute(_SCHEMA)
-            conn.execute(_CLAIMS)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             raise _db_error(e, self.path) from None
+        # Worker processes open the same new database at once. Switching it to WAL needs it
+        # to themselves, and SQLite answers "database is locked" at once instead of waiting
+        # for that (the busy timeout does not apply): the set-up is tried again meanwhile.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._set_up(conn)
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    conn.close()
+                    raise _db_error(e, self.path) from None
+                time.sleep(0.02)
+            except sqlite3.DatabaseError as e:
+                conn.close()
+                raise _db_error(e, self.path) from None
         self._conn = conn
         return conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")  # (it stays so: the others skip this)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            conn.close()
+            raise MilesDeepError(f"the state database has schema version {version}, this "
+                                 f"program writes {SCHEMA_VERSION}; delete it to start "
+                                 "afresh", self.path)
+        conn.execute(_SCHEMA)
+        conn.execute(_CLAIMS)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def lookup(self, key: FileKey) -> list[Path] | None:
         """The outputs recorded for `key`, if it is done and all of them still exist."""
