@@ -258,3 +258,25 @@ def test_precise_falls_back_when_timestamps_lie(tmp_path: Path) -> None:
     assert any("--precise failed" in n for n in result.plans[0].notes)
     assert result.outputs[0].suffix == ".mkv"
     assert V.read_frame_codes(result.outputs[0]) == list(range(0, 3 * 25))
+
+
+def test_smart_cut_in_mpeg_ts_seeks_back_rather_than_decoding_from_the_start(
+        sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An MPEG-TS seek lands past the keyframe asked for; each boundary is decoded from a seek
+    # a little further back, not from the file's start (hours of decoding on a long file).
+    from milesdeep.pipeline import smartcut
+
+    calls: list[tuple[int, bool]] = []
+    decode = smartcut.SegmentEncoder._decode
+
+    def spy(self, keyframe_pts, start, stop, seek):  # noqa: ANN001, ANN202
+        calls.append((keyframe_pts, seek))
+        return decode(self, keyframe_pts, start, stop, seek)
+
+    monkeypatch.setattr(smartcut.SegmentEncoder, "_decode", spy)
+    result = remux.cut_video(remux.index_media(sources["h264.ts"]), RANGES, tmp_path,
+                             precise=True)
+    assert result.plans[0].precise
+    assert len(calls) > 4
+    assert sum(not seek for _, seek in calls) <= 1  # only for the boundary near the start
+    assert V.read_frame_codes(result.outputs[0]) == expected_codes(result.plans[0], 25)

@@ -175,9 +175,16 @@ class SegmentEncoder:
         from the keyframe at `keyframe_pts`); `stop` is the first pts not wanted, or None at
         the end of the stream."""
         frames = self._decode(keyframe_pts, wanted[0], stop, seek=True)
-        if [f.pts for f in frames] != list(wanted):
-            # The container's seek landed after the keyframe: decode from the beginning.
-            frames = self._decode(keyframe_pts, wanted[0], stop, seek=False)
+        back = 1.0
+        while [f.pts for f in frames] != list(wanted):
+            # The container's seek landed after the keyframe (MPEG-TS, which has no index,
+            # lands near the time by decode order): seek again from further back, and at
+            # last decode from the beginning.
+            at = keyframe_pts - int(back / self.time_base)
+            frames = self._decode(at, wanted[0], stop, seek=at > 0)
+            if at <= 0:
+                break
+            back *= 2
         got = [f.pts for f in frames]
         if got != list(wanted):
             raise SmartCutError(f"decoded frames {got[:3]}... do not match the packet "
