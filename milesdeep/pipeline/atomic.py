@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from milesdeep.errors import MilesDeepError
-
-# mkstemp creates files readable by the owner only; outputs get the usual umask-based mode.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def check_writable_dir(directory: Path) -> None:
@@ -32,18 +27,9 @@ def check_writable_dir(directory: Path) -> None:
                              directory)
 
 
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends (where the OS allows it)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+def _create(path: Path) -> None:
+    """Create `path`, empty, failing if it exists; mode from the umask, as outputs get."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 @contextlib.contextmanager
@@ -59,14 +45,18 @@ def atomic_path(final: Path, overwrite: bool = True) -> Iterator[Path]:
     check_writable_dir(final.parent)
     tmp_path: Path | None = None
     try:
-        # A Ctrl-C between creating the file and knowing its name would leave it behind: the
-        # signal waits until the name is held (and is then raised here, inside the try).
-        with _signals_held():
-            fd, tmp = tempfile.mkstemp(prefix=f".{final.stem[:40]}.",
-                                       suffix=f".part{final.suffix}", dir=final.parent)
-            tmp_path = Path(tmp)
-            os.close(fd)
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        while True:
+            # The name is held before the file exists, so an interrupt at any moment after
+            # it is created still finds it to remove. (A Ctrl-C becomes KeyboardInterrupt
+            # between any two bytecodes of the main thread, whichever thread the signal
+            # reached: masking it there did not close the gap.)
+            tmp_path = final.parent / (f".{final.stem[:40]}.{secrets.token_hex(4)}"
+                                       f".part{final.suffix}")
+            try:
+                _create(tmp_path)
+                break
+            except FileExistsError:  # another run's temporary file: not ours to remove
+                tmp_path = None
         yield tmp_path
         os.replace(tmp_path, final)
     except OSError as e:
