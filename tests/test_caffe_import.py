@@ -423,6 +423,22 @@ def test_import_refuses_mismatched_labels_and_leaves_nothing(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no temporary left either
 
 
+def test_a_ctrl_c_as_the_import_folder_is_made_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proto, weights, labels = tiny_files(tmp_path / "src")
+    real = Path.mkdir
+
+    def interrupted(self: Path, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        real(self, *args, **kwargs)
+        if self.name.endswith(".part"):
+            raise KeyboardInterrupt  # right after the temporary folder exists
+
+    monkeypatch.setattr(Path, "mkdir", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_caffe(proto, weights, None, labels, tmp_path / "bundle")
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
 def test_bundle_from_caffe_converts_once_per_content(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MILESDEEP_CACHE", str(tmp_path / "cache"))

@@ -4,8 +4,8 @@ mean.binaryproto, labels.txt) converted once into an ONNX bundle."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -75,13 +75,21 @@ def import_caffe(prototxt: Path, weights: Path, mean: Path | None, labels: Path,
             "caffe_weights": str(weights.resolve())}
     info.update(extra or {})
     parent = out_dir.parent
+    tmp: Path | None = None
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=parent))
-    except OSError as e:
-        raise MilesDeepError(f"cannot create the bundle directory ({e.strerror})",
-                             out_dir) from None
-    try:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            while tmp is None:
+                # Named before it exists, so that a Ctrl-C just after it is made removes it.
+                tmp = parent / f".{out_dir.name}.{secrets.token_hex(4)}.part"
+                try:
+                    tmp.mkdir()
+                except FileExistsError:
+                    tmp = None
+        except OSError as e:
+            tmp = None
+            raise MilesDeepError(f"cannot create the bundle directory ({e.strerror})",
+                                 out_dir) from None
         onnx.save(conv.model, str(tmp / ONNX_FILE))
         write_bundle(tmp, ONNX_FILE, label_list, spec,
                      name=name or net.name or prototxt.parent.name or prototxt.stem,
@@ -91,10 +99,12 @@ def import_caffe(prototxt: Path, weights: Path, mean: Path | None, labels: Path,
             out_dir.rmdir()  # empty, checked above
         os.replace(tmp, out_dir)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise MilesDeepError(f"cannot write the bundle ({e.strerror or e})", out_dir) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_bundle(out_dir)
 
