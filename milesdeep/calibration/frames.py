@@ -36,7 +36,14 @@ import numpy as np
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import InputSpec
 from milesdeep.pipeline.atomic import atomic_path
-from milesdeep.pipeline.decode import frame_from_av, open_video, probe, sample_count
+from milesdeep.pipeline.decode import (
+    frame_from_av,
+    open_video,
+    probe,
+    sample_count,
+    seek_steps,
+    seek_to,
+)
 from milesdeep.pipeline.frames import Frame
 
 CALIBRATION_FILE = "calibration.npz"
@@ -200,18 +207,12 @@ def frames_at(path: Path, times: Sequence[float]) -> Iterator[tuple[float, Frame
         i = 0
         while i < len(pending):
             target = pending[i]
-            back = 0.0
-            while True:
-                # The keyframe at or before the target. A seek that lands past it (a wrong
-                # index; MPEG-TS, which has none, lands near the time by decode order) is made
-                # again from further back, and at last from the file's start.
-                at = info.start + target - back
-                from_start = at < 0
-                if from_start:
-                    container.seek(0)
-                else:
-                    container.seek(int(at / tb), stream=vs, backward=True)
-                back = max(1.0, 2 * back)
+            # The keyframe at or before the target. A seek that lands past it (a wrong index;
+            # MPEG-TS, which has none, lands near the time by decode order) is made again from
+            # further back, and at last from the file's start.
+            for at in seek_steps(int((info.start + max(target, 0.0)) / tb), tb):
+                from_start = at is None
+                seek_to(container, vs, at)
                 frames = _decoded(container, info)
                 prev = next(frames, None)
                 if prev is None and from_start:

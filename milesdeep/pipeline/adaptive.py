@@ -43,7 +43,14 @@ import numpy as np
 
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
-from milesdeep.pipeline.decode import PyAVSource, frame_from_av, mark_needed, open_video
+from milesdeep.pipeline.decode import (
+    PyAVSource,
+    frame_from_av,
+    mark_needed,
+    open_video,
+    seek_steps,
+    seek_to,
+)
 from milesdeep.pipeline.frames import Sample
 from milesdeep.pipeline.infer import Classifier
 from milesdeep.pipeline.predictions import Predictions
@@ -212,15 +219,9 @@ class StretchSource:
             return p.is_keyframe and p.pts is not None and (
                 abs(float(p.pts * tb) - start - key_pts) < 1e-6)
 
-        back = 0.0
-        while True:
-            target = key_pts + start - back  # seconds on the stream's clock
-            first = target < 0  # nothing earlier to try: from the file's beginning
+        for at in seek_steps(int(round((key_pts + start) / tb)), tb):
             try:
-                if first:
-                    container.seek(0)
-                else:
-                    container.seek(int(round(target / tb)), stream=vs, backward=True)
+                seek_to(container, vs, at)
             except av.error.FFmpegError:
                 raise MilesDeepError(f"cannot seek to {key_pts:.3f} s in this file; "
                                      "use --sampling exact", self.source.path) from None
@@ -233,10 +234,8 @@ class StretchSource:
                 t = None if p.pts is None else float(p.pts * tb) - start
                 if t is not None and t > key_pts + 1e-6 and p.is_keyframe:
                     break  # past it: the seek landed after the keyframe
-            if first:
-                raise MilesDeepError(f"no picture could be decoded after seeking to "
-                                     f"{key_pts:.3f} s", self.source.path)
-            back = max(1.0, 2 * back)
+        raise MilesDeepError(f"no picture could be decoded after seeking to {key_pts:.3f} s",
+                             self.source.path)
 
     def _stretch(self, container, vs, a: int, b: int, key_pts: float) -> Iterator[Sample]:
         import av

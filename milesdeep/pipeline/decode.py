@@ -184,6 +184,29 @@ _NATIVE8 = {"yuv420p", "yuvj420p", "nv12"}
 _NATIVE16 = {"yuv420p10le": 6, "yuv420p12le": 4, "p010le": 0, "p016le": 0}
 
 
+def seek_steps(target: int, time_base: Fraction) -> Iterator[int | None]:
+    """Where to seek, in turn, for the keyframe at or before `target` (in `time_base` units):
+    `target`, then 1, 2, 4 ... seconds before it, and last None: the file's start. A seek in a
+    file without an index (MPEG-TS) lands near the time by decode order, maybe past that
+    keyframe; the caller checks what it reads and takes the next step if it overshot."""
+    back = 0.0
+    while True:
+        at = target - int(back / time_base)
+        if at <= 0:
+            yield None
+            return
+        yield at
+        back = max(1.0, 2 * back)
+
+
+def seek_to(container, stream, at: int | None) -> None:
+    """Seek `container` to the keyframe at or before `at` in `stream`, or (None) to the start."""
+    if at is None:
+        container.seek(0)
+    else:
+        container.seek(at, stream=stream, backward=True)
+
+
 def frame_from_av(frame) -> Frame:
     """An av.VideoFrame as an NV12 (or P016) `Frame`, converting other pixel formats with
     swscale (4:2:2, 4:4:4, RGB, gray and friends become 4:2:0)."""
@@ -410,21 +433,20 @@ class PyAVSource:
                 self.stats.frames_decoded += 1
                 yield f
 
-        def holds_a_slot(t: float | None, t_next: float) -> bool:
-            """Would keyframe sampling hold the keyframe at t for a slot before t_next?"""
-            if t is None or not fed or t_next <= t + 1e-9:
-                return True
+        def slot_between(t: float, t_next: float) -> bool:
+            """Is there a slot at or after t and before t_next?"""
             i = max(0, math.ceil(t * rate - 1e-9))  # the first slot at or after t
             return (n is None or i < n) and i / rate < t_next - 1e-9
+
+        def holds_a_slot(t: float | None, t_next: float) -> bool:
+            """Would keyframe sampling hold the keyframe at t for a slot before t_next?"""
+            return t is None or not fed or t_next <= t + 1e-9 or slot_between(t, t_next)
 
         def holds_another(t_key: float | None, t_next: float) -> bool:
             """Does the keyframe at t_key hold a slot before t_next that shows another picture
             than itself (one at or after `shown_until`)?"""
-            if t_key is None:
-                return True
-            after = max(t_key, shown.get(round(t_key, 6), t_key))
-            i = max(0, math.ceil(after * rate - 1e-9))
-            return (n is None or i < n) and i / rate < t_next - 1e-9
+            return t_key is None or slot_between(
+                max(t_key, shown.get(round(t_key, 6), t_key)), t_next)
 
         def release(t_next: float, following=None) -> Iterator:
             """The pending keyframe's frames, or nothing if no slot needs it; `following`: the

@@ -34,6 +34,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from milesdeep.pipeline.decode import seek_steps, seek_to
+
 ENCODERS = {"h264": "libx264"}
 # Quality of the re-encoded frames: visually lossless for typical sources, so the splice does
 # not show. (A bitrate match would be cheaper, but a few frames per boundary cost little.)
@@ -154,10 +156,7 @@ class SegmentEncoder:
 
     def _decode(self, keyframe_pts: int, start: int, stop: int | None,
                 seek: bool) -> list[av.VideoFrame]:
-        if seek:
-            self._reader.seek(keyframe_pts, stream=self._stream, backward=True)
-        else:
-            self._reader.seek(0)
+        seek_to(self._reader, self._stream, keyframe_pts if seek else None)
         frames: list[av.VideoFrame] = []
         for packet in self._reader.demux(self._stream):
             for frame in packet.decode():
@@ -174,17 +173,13 @@ class SegmentEncoder:
         """Re-encode the frames whose pts are `wanted` (sorted, from one or two GOPs decoded
         from the keyframe at `keyframe_pts`); `stop` is the first pts not wanted, or None at
         the end of the stream."""
-        frames = self._decode(keyframe_pts, wanted[0], stop, seek=True)
-        back = 1.0
-        while [f.pts for f in frames] != list(wanted):
-            # The container's seek landed after the keyframe (MPEG-TS, which has no index,
-            # lands near the time by decode order): seek again from further back, and at
-            # last decode from the beginning.
-            at = keyframe_pts - int(back / self.time_base)
-            frames = self._decode(at, wanted[0], stop, seek=at > 0)
-            if at <= 0:
+        # The container's seek may land after the keyframe (MPEG-TS, which has no index,
+        # lands near the time by decode order): seek again from further back, and at last
+        # decode from the beginning.
+        for at in seek_steps(keyframe_pts, self.time_base):
+            frames = self._decode(at or 0, wanted[0], stop, seek=at is not None)
+            if [f.pts for f in frames] == list(wanted):
                 break
-            back *= 2
         got = [f.pts for f in frames]
         if got != list(wanted):
             raise SmartCutError(f"decoded frames {got[:3]}... do not match the packet "
