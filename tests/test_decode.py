@@ -153,8 +153,11 @@ def test_mark_needed_until_last_ends_after_the_last_picture_a_slot_can_show() ->
     assert 21 in cut
 
 
+@pytest.mark.parametrize("late", [False, True])
+@pytest.mark.parametrize("bframes", [0, 3])
 @pytest.mark.parametrize("fmt", ["mp4", "matroska", "mpegts", "h264", "avi"])
-def test_probe_without_decoding_reads_what_a_full_probe_does(tmp_path: Path, fmt: str) -> None:
+def test_probe_without_decoding_reads_what_a_full_probe_does(tmp_path: Path, fmt: str,
+                                                             bframes: int, late: bool) -> None:
     import av
 
     from milesdeep.pipeline.decode import _info, open_video
@@ -163,8 +166,10 @@ def test_probe_without_decoding_reads_what_a_full_probe_does(tmp_path: Path, fmt
     with av.open(str(path), "w", format=fmt) as out:
         vs = out.add_stream("libx264", rate=25)
         vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
+        vs.options = {"bf": str(bframes)}
         for k in range(30):
             f = av.VideoFrame.from_ndarray(solid((8 * k, 100, 50), 64, 96), format="rgb24")
+            f.pts = k + 25 * 7 * late  # late: the first picture at 7 s
             for p in vs.encode(f):
                 out.mux(p)
         for p in vs.encode():
@@ -172,7 +177,39 @@ def test_probe_without_decoding_reads_what_a_full_probe_does(tmp_path: Path, fmt
     with open_video(path) as container:
         full = _info(path, container)
     assert (full.width, full.height, full.codec) == (96, 64, "h264")
+    # (Matroska with B-frames gave no start without decoding: 0 instead of 7 s.)
     assert probe(path) == full
+
+
+def late_matroska(path: Path, bframes: int = 3) -> Path:
+    """3 s of 25 fps video whose first picture is at 7.3 s, in Matroska as FFmpeg writes it:
+    its Duration element says about 10.3 s, the end, not the length."""
+    frames = [solid((3 * k, 100, 50), 64, 96) for k in range(75)]
+    return encode_frames(path, frames, [7300 + 40 * k for k in range(75)],
+                         options={"bf": str(bframes)})
+
+
+@pytest.mark.parametrize("duration_says", ["end", "length"])
+def test_a_late_matroska_file_lasts_as_long_as_its_pictures(tmp_path: Path,
+                                                            duration_says: str) -> None:
+    import struct
+
+    import av
+
+    path = late_matroska(tmp_path / "late.mkv")
+    if duration_says == "length":  # as mkvmerge writes it: rewrite the Duration (ms) to 3 s
+        data = path.read_bytes()
+        at = data.index(b"\x44\x89\x88") + 3  # EBML Duration, an 8-byte float
+        assert struct.unpack(">d", data[at:at + 8])[0] == pytest.approx(10300, abs=50)
+        path.write_bytes(data[:at] + struct.pack(">d", 3000.0) + data[at + 8:])
+    with av.open(str(path)) as c:  # what FFmpeg reports: the end or the length
+        said = c.duration / 1e6
+    assert said == pytest.approx(10.3 if duration_says == "end" else 3.0, abs=0.05)
+    info = probe(path)
+    assert info.start == pytest.approx(7.3)
+    assert info.duration == pytest.approx(3.0, abs=0.05)
+    samples = list(PyAVSource(path, rate=1.0))
+    assert [s.index for s in samples] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("rate", [1.0, 4.0])

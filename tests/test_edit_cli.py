@@ -184,3 +184,31 @@ def test_with_a_model_end_to_end(tmp_path: Path) -> None:
     assert edit(video, "--model", bundle, "--precise", "--backend", "cpu") == 0
     assert V.read_frame_codes(tmp_path / "c.cut.mp4") == list(range(20, 80))
     assert sha(video) == before
+
+
+@pytest.mark.parametrize("name", ["late.mkv", "gap.avi"])
+def test_a_video_that_starts_late_is_cut_at_its_classes(tmp_path: Path, name: str) -> None:
+    """The first picture at 7 s, red from 4 s to 10 s after it: the cut holds the red pictures
+    and nothing else. The Matroska file's times count from its first picture, the AVI's from
+    0 (it says so), but the classifier and the cutter must count alike: they did not, and the
+    cuts held gray from 7 s later."""
+    import av
+
+    from tests.testdata import COLOURS, encode_frames, solid
+
+    fps = 10
+    colours = ["red" if 4 * fps <= k < 10 * fps else "gray" for k in range(16 * fps)]
+    frames = [solid(COLOURS[c], 48, 64) for c in colours]
+    video = encode_frames(tmp_path / name, frames, [7000 + 100 * k for k in range(len(frames))],
+                          gop=fps, options={"bf": "3" if name.endswith(".mkv") else "0"})
+    bundle = colour_bundle(tmp_path / "bundle")
+    assert edit(video, "--model", bundle, "-t", "red", "--precise", "--backend", "cpu") == 0
+    out = next(tmp_path.glob(f"{video.stem}.cut.*"))
+    with av.open(str(out)) as c:
+        means = [f.to_ndarray(format="rgb24").reshape(-1, 3).mean(0) for f in c.decode(video=0)]
+    assert len(means) == 6 * fps
+    red = [m[0] > 200 and m[1] < 50 for m in means]
+    if name.endswith(".mkv"):
+        assert all(red)
+    else:  # FFmpeg's AVI muxer puts every frame 0.1 s late: the last 0.9 s are gray
+        assert red == [True] * 51 + [False] * 9

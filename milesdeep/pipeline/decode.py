@@ -119,14 +119,18 @@ def probe(path: Path) -> VideoInfo:
 
     The container's header says all `VideoInfo` holds for most files (MP4, Matroska), so the
     first try skips the pictures FFmpeg's probe would decode; a stream whose size only
-    decoding tells (MPEG-TS, raw H.264) is probed again in full."""
+    decoding tells (MPEG-TS, raw H.264), or whose start only decoding tells (Matroska with
+    B-frames: its first packets carry no decode time), is probed again in full. A start left
+    unknown would be taken as 0 while the cutter (`remux.index_media`) starts at the first
+    picture: every cut of a file that starts late would land that much off."""
     for probed in (True, False):
         container = open_video(path, probed=probed)
         try:
             info = _info(Path(path), container)
+            start_known = container.streams.video[0].start_time is not None
         finally:
             container.close()
-        if info.width > 0 and info.height > 0 and info.codec:
+        if info.width > 0 and info.height > 0 and info.codec and start_known:
             break
     return info
 
@@ -140,6 +144,12 @@ def _info(path: Path, container) -> VideoInfo:
         duration = container.duration / 1_000_000 - max(
             0.0, start - (container.start_time or 0) / 1_000_000
         )
+    if start > 0 and container.format.name.startswith("matroska"):
+        # A Matroska file that starts late says nothing sure about its length: FFmpeg writes
+        # the end time as its Duration, mkvmerge the length. The last packets tell.
+        end = _video_end(container, vs, start + (duration or 0.0))
+        if end is not None and end > start:
+            duration = end - start
     rate = vs.average_rate or vs.guessed_rate or vs.base_rate
     rotation = 0
     try:
@@ -159,6 +169,25 @@ def _info(path: Path, container) -> VideoInfo:
         start=start,
         has_audio=bool(container.streams.audio),
     )
+
+
+def _video_end(container, vs, latest: float) -> float | None:
+    """When the video stream's last packet ends (seconds, on the file's own clock), read from
+    the last keyframe before `latest` seconds on; None if the file cannot be read that way."""
+    import av
+
+    try:
+        container.seek(int(latest * 1_000_000), backward=True)  # no stream: microseconds
+        end = None
+        rate = vs.average_rate or vs.guessed_rate
+        for p in container.demux(vs):
+            if p.pts is None or not p.size:
+                continue
+            step = p.duration or (round(1 / (rate * vs.time_base)) if rate else 0)
+            end = max(end or 0.0, float((p.pts + step) * vs.time_base))
+        return end
+    except (av.FFmpegError, OSError, ZeroDivisionError):
+        return None
 
 
 def _colour(frame) -> Colour:

@@ -35,6 +35,7 @@ import av
 from milesdeep.errors import MilesDeepError
 from milesdeep.pipeline import smartcut
 from milesdeep.pipeline.atomic import atomic_path
+from milesdeep.pipeline.decode import probe
 from milesdeep.pipeline.ranges import TimeRange, format_time
 
 KINDS = ("video", "audio", "subtitle")
@@ -60,7 +61,7 @@ class MediaIndex:
     video: StreamIndex
     others: list[StreamIndex]
     skipped: list[str]
-    start: int  # first video pts (ticks): planned time 0
+    start: int  # the video stream's start (ticks; `decode.probe`): planned time 0
     end: int  # end of the last video frame (ticks)
     sorted_pts: list[int]
     suffix_min: list[int]  # suffix_min[i] = min video pts of packets i.. (end at len)
@@ -130,6 +131,11 @@ def index_media(path: Path) -> MediaIndex:
     if not v.pts or not any(v.key):
         raise MilesDeepError("the video stream has no frames or no keyframes", path)
     sorted_pts = sorted(v.pts)
+    # Planned time 0 is the stream's start exactly as the classifier took it (`probe`):
+    # usually the first picture, but not where the file says the stream starts earlier (an AVI
+    # whose first frames are empty) or later (an MP4 whose edit list skips pictures decoded
+    # only as references). Counted from anywhere else, every cut would land that much off.
+    start = round(Fraction(probe(path).start) / v.time_base)
     last = v.pts.index(sorted_pts[-1])
     step = v.duration[last] or (sorted_pts[-1] - sorted_pts[-2] if len(sorted_pts) > 1 else 1)
     end = sorted_pts[-1] + step
@@ -137,7 +143,7 @@ def index_media(path: Path) -> MediaIndex:
     for i in range(len(v.pts) - 1, -1, -1):
         suffix[i] = min(v.pts[i], suffix[i + 1])
     keys = sorted((p, i) for i, (p, k) in enumerate(zip(v.pts, v.key)) if k)
-    return MediaIndex(path, v, list(carried.values()), skipped, sorted_pts[0], end,
+    return MediaIndex(path, v, list(carried.values()), skipped, start, end,
                       sorted_pts, suffix, [p for p, _ in keys], [i for _, i in keys],
                       Fraction(frame_rate) if frame_rate else 1 / (step * v.time_base))
 
