@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from milesdeep.models.bundle import load_bundle
-from milesdeep.pipeline.adaptive import Held, plan_stretches, uncertain, walkable
+from milesdeep.pipeline.adaptive import (
+    Held,
+    blind_stretches,
+    plan_stretches,
+    uncertain,
+    walkable,
+)
 from milesdeep.pipeline.infer import OrtClassifier
 from milesdeep.pipeline.run import RunOptions, StageTimes, classify_video
 from tests.testdata import COLOURS, colour_bundle, colour_video, encode_frames, solid
@@ -128,6 +134,16 @@ def test_plan_stretches_disagreement_uncertainty_and_walks() -> None:
     probs5 = np.array([a, a, a, shaky, b], np.float32)
     assert plan_stretches(tail, probs5, 1.0, 0.1, exact_from=6.0) == [(5, 6, 2)]
     assert walkable(tail, probs5, 0.1, exact_from=6.0).tolist() == [False] * 5
+    # Keyframes that could not be decoded alone at 1.5 s and 4.2 s (intra refresh): the
+    # stretches holding them are decoded whole, agreeing neighbours or not, and never walked.
+    blind = blind_stretches(held2, [1.5, 4.2])
+    assert blind.tolist() == [True, True, False]
+    probs6 = np.array([a, a, b], np.float32)
+    assert plan_stretches(held2, probs6, 1.0, 0.0) == [(3, 5, 1), (5, 7, 2)]
+    assert plan_stretches(held2, probs6, 1.0, 0.0, blind=blind) == [(1, 3, 0), (3, 5, 1),
+                                                                     (5, 7, 2)]
+    assert walkable(held2, probs6, 0.0, blind=blind).tolist() == [False, False, False]
+    assert blind_stretches(held2, []).tolist() == [False] * 3
 
 
 @pytest.mark.parametrize("rate", [1.0, 4.0])
@@ -386,3 +402,25 @@ def test_refining_in_mpeg_ts_starts_at_the_keyframe(tmp_path: Path, colours,
     assert labels_of(adaptive) == pattern
     np.testing.assert_allclose(adaptive.probs, exact.probs, atol=1e-5)
     assert times.extra["refined_slots"] >= 3  # the stretch from 0 s among them
+
+
+@pytest.mark.parametrize("container", ["mp4", "ts"])
+def test_an_intra_refresh_stream_is_decoded_whole_between_its_real_keyframes(
+        tmp_path: Path, colours, container: str) -> None:
+    # x264 --intra-refresh: one IDR picture, then a recovery point marked as a keyframe every
+    # 10 frames, each a P picture that is whole only once 10 more are decoded. Decoded alone
+    # they gave no picture, so the IDR's class was held for 14 s and every change was lost.
+    pattern = ["red"] * 3 + ["blue"] * 4 + ["green"] * 2 + ["red"] * 3 + ["gray"] * 2
+    frames = [solid(COLOURS[name]) for name in pattern for _ in range(10)]
+    extra = ":repeat-headers=1" if container == "ts" else ""
+    video = encode_frames(tmp_path / f"refresh.{container}", frames,
+                          [100 * k for k in range(len(frames))], gop=10,
+                          options={"bf": "0", "sc_threshold": "0",
+                                   "x264-params": "intra-refresh=1:keyint=10" + extra})
+    exact, _ = run(video, colours, "exact")
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(exact) == pattern
+    assert labels_of(adaptive) == pattern
+    assert times.extra["keyframes_unusable"] >= 10
+    keys, _ = run(video, colours, "keyframes")  # the IDR alone, held: no damaged picture
+    assert set(labels_of(keys)) == {"red"}

@@ -301,3 +301,35 @@ def test_an_open_gop_stream_cut_mid_gop(tmp_path: Path) -> None:
     # for slot 0, before it.
     assert [(s.index, round(s.pts, 1)) for s in samples] == [
         (0, 0.4), (1, 0.4), (2, 1.4), (3, 2.4), (4, 3.4)]
+
+
+@pytest.mark.parametrize("container", ["mp4", "ts"])
+def test_keyframe_decodable_tells_recovery_points_from_keyframes(tmp_path: Path,
+                                                                 container: str) -> None:
+    import av
+
+    from milesdeep.pipeline.decode import keyframe_decodable
+
+    frames = [solid((k * 9 % 256, 80, 160)) for k in range(40)]
+    extra = ":repeat-headers=1" if container == "ts" else ""
+    kinds = {"closed": ("libx264", "open-gop=0"), "open": ("libx264", "open-gop=1"),
+             "refresh": ("libx264", "intra-refresh=1:keyint=10"),
+             "hevc-open": ("libx265", "keyint=10:min-keyint=10:scenecut=0:open-gop=1:"
+                                      "bframes=2:log-level=error")}
+    found = {}
+    for kind, (codec, params) in kinds.items():
+        options = ({"x265-params": params + extra} if codec == "libx265" else
+                   {"bf": "0" if kind == "refresh" else "2", "sc_threshold": "0",
+                    "keyint_min": "10", "x264-params": params + extra})
+        path = encode_frames(tmp_path / f"{kind}.{container}", frames,
+                             [k * 100 for k in range(40)], codec=codec, gop=10,
+                             options=options)
+        with av.open(str(path)) as c:
+            vs = c.streams.video[0]
+            check = keyframe_decodable(vs.codec_context.name, vs.codec_context.extradata)
+            found[kind] = [check(bytes(p)) for p in c.demux(vs) if p.size and p.is_keyframe]
+    assert found["closed"] == found["open"] == found["hevc-open"] == [True] * 4
+    # The IDR, then recovery points every 10 frames: P pictures, not decodable alone.
+    assert found["refresh"][0] is True and len(found["refresh"]) >= 3
+    assert set(found["refresh"][1:]) == {False}
+    assert keyframe_decodable("mpeg2video", None)(b"\x00\x00\x01\xb3") is None

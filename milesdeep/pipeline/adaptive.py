@@ -100,12 +100,25 @@ def exact_rows(held: list[Held], exact_from: float | None) -> np.ndarray:
     return np.array([h.pts >= exact_from - 1e-9 for h in held], bool)
 
 
+def blind_stretches(held: list[Held], unusable: list[float]) -> np.ndarray:
+    """Keyframes whose stretch holds keyframes that could not be decoded alone
+    (`DecodeStats.unusable_keyframes`: a periodic intra refresh). Such a stretch can be as
+    long as the video, with any number of changes in it, and its keyframe neighbours say
+    nothing about them: it is decoded whole, as `exact` would."""
+    out = np.zeros(len(held), bool)
+    if held and unusable:
+        at = np.searchsorted([h.pts for h in held], unusable, side="right") - 1
+        out[at[at >= 0]] = True
+    return out
+
+
 def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: float,
-                   threshold: float = DEFAULT_THRESHOLD, exact_from: float | None = None
-                   ) -> list[tuple[int, int, int]]:
+                   threshold: float = DEFAULT_THRESHOLD, exact_from: float | None = None,
+                   blind: np.ndarray | None = None) -> list[tuple[int, int, int]]:
     """Slot ranges to decode fully, as (first slot, stop slot, index into `held` of the keyframe
     to start decoding from), one per refined keyframe stretch, in order. Samples from
-    `exact_from` seconds on are exact (see `exact_rows`) and never refined."""
+    `exact_from` seconds on are exact (see `exact_rows`) and never refined; `blind` stretches
+    (`blind_stretches`) always are."""
     if not held:
         return []
     winners = probs.argmax(axis=1)
@@ -118,6 +131,8 @@ def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: flo
         # Nothing follows the last keyframe to compare it with: its stretch (one GOP per
         # video) is always decoded, unless pass 1 decoded it whole (`exact_from`).
         refine[-1] = True
+    if blind is not None:
+        refine |= blind
     refine &= ~exact_rows(held, exact_from)
     out: list[tuple[int, int, int]] = []
     for j in np.flatnonzero(refine):
@@ -132,8 +147,8 @@ def plan_stretches(held: list[Held], probs: np.ndarray, rate: float, margin: flo
 
 
 def walkable(held: list[Held], probs: np.ndarray, margin: float,
-             threshold: float = DEFAULT_THRESHOLD, exact_from: float | None = None
-             ) -> np.ndarray:
+             threshold: float = DEFAULT_THRESHOLD, exact_from: float | None = None,
+             blind: np.ndarray | None = None) -> np.ndarray:
     """Keyframes whose stretch can be walked: it is refined only because the next keyframe
     has another winner, and both are confident. Such a stretch holds one change (or the
     keyframes would not be trusted elsewhere either), so pass 2 decodes it from the start
@@ -146,6 +161,8 @@ def walkable(held: list[Held], probs: np.ndarray, margin: float,
         out[:-1] = (winners[:-1] != winners[1:]) & ~shaky[:-1] & ~shaky[1:]
     if len(held) > 2:
         out[1:-1] &= ~shaky[:-2]  # an uncertain keyframe before also asks for this stretch
+    if blind is not None:
+        out &= ~blind
     return out & ~exact_rows(held, exact_from)
 
 
@@ -366,7 +383,9 @@ def classify_video_adaptive(
 
     t0 = time.perf_counter()
     exact_from = source.stats.exact_from
-    stretches = plan_stretches(held, key_probs, options.rate, margin, exact_from=exact_from)
+    blind = blind_stretches(held, source.stats.unusable_keyframes)
+    stretches = plan_stretches(held, key_probs, options.rate, margin, exact_from=exact_from,
+                               blind=blind)
     times.extra["adaptive_planning"] = times.extra.get("adaptive_planning", 0.0) + (
         time.perf_counter() - t0)
     to_refine = sum(b - a for a, b, _ in stretches)
@@ -375,8 +394,9 @@ def classify_video_adaptive(
     times.extra["keyframes"] = float(len(held) - max(0, tail))
     times.extra["tail_samples"] = float(max(0, tail))  # pass-1 samples after the last keyframe
     times.extra["keyframes_skipped"] = float(source.stats.keyframes_skipped)
+    times.extra["keyframes_unusable"] = float(len(source.stats.unusable_keyframes))
 
-    walk = walkable(held, key_probs, margin, exact_from=exact_from)
+    walk = walkable(held, key_probs, margin, exact_from=exact_from, blind=blind)
     # Walking decodes in step with classification (no overlap), so it only pays where there
     # are slots to save: a stretch of a sample or two goes with the batched ones.
     walks = [r for r in stretches if walk[r[2]] and r[1] - r[0] >= MIN_WALK

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -60,6 +60,9 @@ class DecodeStats:
     end_time: float = 0.0
     exact_from: float | None = None  # keyframes + exact_tail: exact from this time (s) on
     keyframes_skipped: int = 0  # keyframes: keyframes held for no slot, never decoded
+    # keyframes: times (s) of packets marked as keyframes that cannot be decoded alone
+    # (`keyframe_decodable`: intra-refresh recovery points), taken as other pictures
+    unusable_keyframes: list[float] = field(default_factory=list)
     # keyframes: keyframe time (s, rounded to 1e-6) -> time the next picture comes on screen;
     # the slots before it show the keyframe itself (so adaptive sampling has them exactly)
     shown_until: dict[float, float] = field(default_factory=dict)
@@ -331,39 +334,95 @@ _RESETS = {"h264": frozenset({5}), "hevc": frozenset({16, 17, 18, 19, 20})}
 _VCL = {"h264": range(1, 6), "hevc": range(0, 32)}
 
 
-def keyframe_resets(codec: str, extradata: bytes | None) -> Any:
-    """A function telling, from a keyframe packet's bytes, whether that picture resets the
-    picture order count (True), or not (False: it is a valid start only after a flush), or
-    None when this codec has no such count or the packet cannot be read."""
-    if codec not in _RESETS:
-        return lambda data: None
-    resets, vcl = _RESETS[codec], _VCL[codec]
+def _nal_units(codec: str, extradata: bytes | None) -> Callable[[Any], Iterator[bytes]]:
+    """A function giving the NAL units of one H.264 / HEVC packet (each from its header byte,
+    a few bytes of it: enough for the header and the start of a slice header)."""
     # MP4 and Matroska carry length-prefixed NAL units (avcC / hvcC extradata says how long
     # the prefix is); MPEG-TS and raw streams carry start codes.
     size = None
     if extradata and len(extradata) > 21 and extradata[0] == 1:
         size = (extradata[4 if codec == "h264" else 21] & 3) + 1
 
-    def nal_types(data) -> Iterator[int]:
+    def units(data) -> Iterator[bytes]:
         if size is not None:  # (a memoryview: the picture's bytes need not be copied)
             i = 0
             while i + size < len(data):
                 n = int.from_bytes(data[i:i + size], "big")
-                yield data[i + size]
+                yield bytes(data[i + size:i + size + min(n, 16)])
                 i += size + n
             return
         data = bytes(data)
         i = data.find(b"\x00\x00\x01")
         while 0 <= i < len(data) - 3:
-            yield data[i + 3]
+            yield data[i + 3:i + 19]
             i = data.find(b"\x00\x00\x01", i + 3)
 
-    def check(data) -> bool | None:
-        for header in nal_types(data):
-            t = header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
+    return units
+
+
+def _first_vcl(codec: str, extradata: bytes | None) -> Callable[[Any], tuple[int, bytes] | None]:
+    """A function giving a packet's first picture NAL unit: (its type, its bytes), or None."""
+    units, vcl = _nal_units(codec, extradata), _VCL[codec]
+
+    def first(data) -> tuple[int, bytes] | None:
+        for unit in units(data):
+            t = unit[0] & 0x1F if codec == "h264" else (unit[0] >> 1) & 0x3F
             if t in vcl:
-                return t in resets
+                return t, unit
         return None
+
+    return first
+
+
+def keyframe_resets(codec: str, extradata: bytes | None) -> Any:
+    """A function telling, from a keyframe packet's bytes, whether that picture resets the
+    picture order count (True), or not (False: it is a valid start only after a flush), or
+    None when this codec has no such count or the packet cannot be read."""
+    if codec not in _RESETS:
+        return lambda data: None
+    resets, first = _RESETS[codec], _first_vcl(codec, extradata)
+
+    def check(data) -> bool | None:
+        unit = first(data)
+        return None if unit is None else unit[0] in resets
+
+    return check
+
+
+def _h264_intra(unit: bytes) -> bool | None:
+    """Is this H.264 slice an I (or SI) slice? Its header starts with first_mb_in_slice and
+    slice_type, two Exp-Golomb numbers; None if they cannot be read."""
+    raw = unit[1:].replace(b"\x00\x00\x03", b"\x00\x00")  # emulation prevention bytes
+    bits = "".join(f"{b:08b}" for b in raw)
+    pos = 0
+    value = None
+    for _ in range(2):
+        zeros = bits.find("1", pos) - pos
+        if zeros < 0 or pos + 2 * zeros + 1 > len(bits):
+            return None
+        value = int(bits[pos + zeros:pos + 2 * zeros + 1], 2) - 1
+        pos += 2 * zeros + 1
+    return value % 5 in (2, 4)
+
+
+def keyframe_decodable(codec: str, extradata: bytes | None) -> Any:
+    """A function telling, from a packet the demuxer marks as a keyframe, whether decoding can
+    start there and give that very picture (True), or not (False), or None if unknown.
+    A periodic intra refresh (x264 --intra-refresh) marks recovery points as keyframes: P
+    pictures whose picture is whole only after many more have been decoded. Decoded alone
+    after a flush they give nothing; a decoder started there shows pictures only later."""
+    if codec not in _RESETS:
+        return lambda data: None
+    first = _first_vcl(codec, extradata)
+
+    def check(data) -> bool | None:
+        unit = first(data)
+        if unit is None:
+            return None
+        t, nal = unit
+        if codec == "hevc":
+            return 16 <= t <= 23  # IRAP: IDR, CRA, BLA
+        return True if t == 5 else _h264_intra(nal)
 
     return check
 
@@ -433,6 +492,7 @@ class PyAVSource:
         pending: tuple | None = None  # (packet, seconds)
         fed = False  # has a keyframe been decoded? The first one holds the slots before it.
         resets = keyframe_resets(cc.name, cc.extradata)
+        alone = keyframe_decodable(cc.name, cc.extradata)
         fed_last = False  # was the latest keyframe decoded (so its tail can follow)?
         last_fed: float | None = None  # the time of the last keyframe decoded
         recent: list[float] = []  # the last two keyframes' times, for `stats.shown_until`
@@ -550,7 +610,12 @@ class PyAVSource:
                     # packet is marked (some streams carry no flags), the decoder's own
                     # NONKEY skipping decides.
                     t = seconds(packet)
-                    if packet.is_keyframe:
+                    key = packet.is_keyframe
+                    if key and alone(memoryview(packet)) is False:
+                        key = False
+                        if t is not None:
+                            self.stats.unusable_keyframes.append(t)
+                    if key:
                         flagged = True
                         note(t, True)
                         if pending is not None:
