@@ -333,3 +333,23 @@ def test_keyframe_decodable_tells_recovery_points_from_keyframes(tmp_path: Path,
     assert found["refresh"][0] is True and len(found["refresh"]) >= 3
     assert set(found["refresh"][1:]) == {False}
     assert keyframe_decodable("mpeg2video", None)(b"\x00\x00\x01\xb3") is None
+
+
+def test_a_tail_the_decoder_skipped_is_not_taken_as_exact(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # libdav1d keeps the skip_frame it opened with: asked to skip all but keyframes (as it
+    # was, before SKIPS_PER_PACKET), it decodes no picture of the last GOP, which must then
+    # not be taken as exact (adaptive refines it by seeking, with a fresh decoder).
+    import milesdeep.pipeline.decode as decode
+
+    frames = [solid((6 * k, 90, 60)) for k in range(40)]
+    video = encode_frames(tmp_path / "av1.mkv", frames, [100 * k for k in range(40)],
+                          codec="libsvtav1", gop=15, options={"g": "15", "preset": "12"})
+    keys = [(s.index, s.hold, s.pts) for s in PyAVSource(video, rate=4.0, mode="keyframes")]
+    src = PyAVSource(video, rate=4.0, mode="keyframes", exact_tail=True)
+    tail = [(s.index, s.hold, s.pts) for s in src]
+    assert src.stats.exact_from == pytest.approx(3.0) and tail != keys  # decoded, exact
+    monkeypatch.setattr(decode, "SKIPS_PER_PACKET", decode.SKIPS_PER_PACKET | {"libdav1d"})
+    src = PyAVSource(video, rate=4.0, mode="keyframes", exact_tail=True)
+    assert [(s.index, s.hold, s.pts) for s in src] == keys
+    assert src.stats.exact_from is None

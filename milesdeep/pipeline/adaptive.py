@@ -44,6 +44,7 @@ import numpy as np
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.decode import (
+    SKIPS_PER_PACKET,
     PyAVSource,
     frame_from_av,
     mark_needed,
@@ -281,9 +282,10 @@ class StretchSource:
         def frames() -> Iterator:
             cc = vs.codec_context
             skipping = False
+            can_skip = cc.name in SKIPS_PER_PACKET
             for packet, needed in mark_needed(packets, tb, start, rate, a, b,
                                               until_last=True):
-                if needed == skipping:  # non-reference pictures shown at no slot: skipped
+                if needed == skipping and can_skip:  # non-reference pictures at no slot
                     skipping = not needed
                     cc.skip_frame = "NONREF" if skipping else "DEFAULT"
                 try:

@@ -323,6 +323,13 @@ def mark_needed(packets: Iterable, time_base: Fraction, start: float, rate: floa
             seen.append(pt)
 
 
+# Decoders that apply skip_frame to each packet as it is decoded: FFmpeg's own (frame threads
+# copy it as each packet is handed over). Others are never asked to skip: libdav1d (AV1) reads
+# it once, when it opens, and a stretch whose first packet was skippable lost every
+# non-reference picture after it, those of the slots too.
+SKIPS_PER_PACKET = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "h263",
+                              "vp8", "vp9", "vc1", "wmv3"})
+
 # exact_tail holds the packets after the latest keyframe in memory until the next one (or the
 # end); past this many bytes it gives up on that GOP, so memory does not grow with GOP length.
 TAIL_BYTES = 64 << 20
@@ -471,7 +478,8 @@ class PyAVSource:
         tb, start, rate = vs.time_base, self.info.start, self.rate
         n = sample_count(self.info.duration, rate) if self.info.duration > 0 else None
         keyframes = self.mode == "keyframes"
-        if keyframes:
+        can_skip = cc.name in SKIPS_PER_PACKET
+        if keyframes and can_skip:
             cc.skip_frame = "NONKEY"
         packets: Iterator = ((p, True) for p in container.demux(vs))
         # Intra-only codecs (MJPEG, ProRes, DNxHD, ...): no picture refers to another, so one
@@ -504,7 +512,8 @@ class PyAVSource:
 
         def decode(packet, needed: bool) -> Iterator | None:
             nonlocal skipping
-            if needed == skipping:  # switch only when it changes (frame threads copy it)
+            if needed == skipping and can_skip:  # switch only when it changes (frame
+                # threads copy it)
                 skipping = not needed
                 cc.skip_frame = "NONREF" if skipping else "DEFAULT"
             try:
@@ -664,17 +673,31 @@ class PyAVSource:
         t_key = float(last_key * tb) - start
         n = sample_count(self.info.duration, self.rate) if self.info.duration > 0 else None
         first = max(0, math.ceil(t_key * self.rate - 1e-9))
+        wanted = later = 0  # packets of pictures some slot shows; pictures after the keyframe
+
+        def after(frames) -> Iterator:
+            nonlocal later
+            for f in self._after(frames, last_key):
+                later += f.pts > last_key
+                yield f
+
         for packet, needed in mark_needed(tail, tb, start, self.rate, first, n,
                                           until_last=True):
+            wanted += needed and packet.size > 0 and packet.pts is not None and (
+                packet.pts > last_key)
             frames = decode(packet, needed)
             if frames is None:
                 return
-            yield from self._after(frames, last_key)
+            yield from after(frames)
         try:
-            yield from self._after(vs.codec_context.decode(None), last_key)
+            yield from after(vs.codec_context.decode(None))
         except (av.error.EOFError, av.error.FFmpegError):
             return
-        self.stats.exact_from = t_key
+        # A decoder that reads skip_frame only when it opens (libdav1d, were it asked to
+        # skip) would still skip every picture but keyframes: a tail that gave none is not
+        # exact, and adaptive sampling refines it.
+        if later or not wanted:
+            self.stats.exact_from = t_key
 
     def _after(self, frames, last_key: int) -> Iterator:
         for f in frames:
