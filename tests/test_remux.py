@@ -27,6 +27,8 @@ SOURCES = {
     "h264-gop50-b3.mp4": (dict(fps=25, gop=50, bframes=3), 25, 50, True),
     "h264.mkv": (dict(fps=30, gop=15, bframes=2), 30, 15, True),
     "h264.ts": (dict(fps=25, gop=25, bframes=2), 25, 25, True),
+    # Every timestamp 7.3 s late, as an ffmpeg remux of an MPEG-TS capture leaves them.
+    "h264-late.mkv": (dict(fps=30, gop=15, bframes=2, late=7.3), 30, 15, True),
     "wmv2.wmv": (dict(fps=25, gop=25), 25, 25, False),
 }
 # Boundaries on whole frames at 25 and 30 fps, away from the flashes at k + 0.6 s.
@@ -41,8 +43,31 @@ def sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("src")
-    return {name: V.flash_beep_video(d / name, seconds=12, **kw)
-            for name, (kw, *_) in SOURCES.items()}
+    out = {}
+    for name, (kw, *_) in SOURCES.items():
+        kw = dict(kw)
+        late = kw.pop("late", 0.0)
+        out[name] = V.flash_beep_video(d / ("early-" * bool(late) + name), seconds=12, **kw)
+        if late:
+            out[name] = _shifted(out[name], d / name, late)
+    return out
+
+
+def _shifted(src: Path, dest: Path, seconds: float) -> Path:
+    """A copy of `src` with every packet `seconds` later."""
+    import av
+
+    with av.open(str(src)) as c, av.open(str(dest), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in c.streams}
+        for p in c.demux():
+            if p.dts is None and p.pts is None:
+                continue
+            shift = round(F(seconds) / p.time_base)
+            p.pts = None if p.pts is None else p.pts + shift
+            p.dts = None if p.dts is None else p.dts + shift
+            p.stream = streams[p.stream.index]
+            out.mux(p)
+    return dest
 
 
 def sync_errors(path: Path) -> tuple[list[float], list[float], list[float]]:
