@@ -26,7 +26,9 @@ back, or back and forth) is the one thing this can miss (the bench reports the a
 before it needs it as the neighbour (`PyAVSource(partners=True)`). The last keyframe's stretch
 has no neighbour to compare with: pass 1 decodes it whole, straight on from that keyframe
 (`PyAVSource(exact_tail=True)`), so it is exact and never sought back to. Long GOPs are no
-special case: a stretch is whatever lies between two keyframes.
+special case: a stretch is whatever lies between two keyframes. Packets marked as keyframes
+that cannot be decoded alone (intra-refresh recovery points) are not keyframes here, and a
+stretch holding any is decoded whole (`blind_stretches`).
 """
 
 from __future__ import annotations
