@@ -255,7 +255,7 @@ def run_pipeline(video: Path, bundle: ModelBundle, classifier: Classifier, sampl
 
 def decode_only(video: Path, threads: int = 0) -> RunReport:
     """Decode every frame with PyAV and nothing else: the floor `exact` is compared with."""
-    from milesdeep.pipeline.decode import open_video, probe
+    from milesdeep.pipeline.decode import main_video, open_video, probe
 
     info = probe(video)
     c0 = time.process_time()
@@ -263,7 +263,7 @@ def decode_only(video: Path, threads: int = 0) -> RunReport:
     frames = 0
     container = open_video(video)
     try:
-        vs = container.streams.video[0]
+        vs = main_video(container)
         vs.codec_context.thread_type = "AUTO"
         vs.codec_context.thread_count = threads
         for _ in container.decode(vs):
@@ -288,7 +288,7 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
 
     from PIL import Image
 
-    from milesdeep.pipeline.decode import open_video, probe, sample_count
+    from milesdeep.pipeline.decode import main_video, open_video, probe, sample_count
     from milesdeep.pipeline.preprocess import preprocess_rgb
 
     info = probe(video)
@@ -304,7 +304,7 @@ def run_baseline(video: Path, bundle: ModelBundle, classifier: Classifier, rate:
         nonlocal frames
         container = open_video(video)
         try:
-            vs = container.streams.video[0]
+            vs = main_video(container)
             vs.codec_context.thread_type = "AUTO"
             tb, start = vs.time_base, info.start
             n = sample_count(info.duration, rate) if info.duration > 0 else 1 << 62

@@ -8,6 +8,7 @@ the right label for each second, not merely some output.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -104,6 +105,49 @@ def audio_only(d: Path) -> Path:
     return path
 
 
+def _with_cover(path: Path, video: Callable[[Path], Path] | None) -> Path:
+    """Audio (and `video`'s video, if given) with a cover picture: an MJPEG stream marked as
+    an attached picture, one packet, as music files and some downloads carry one."""
+    import io
+
+    from PIL import Image
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 48), (0, 0, 255)).save(jpeg, "JPEG")
+    parts = path.parent / f".{path.stem} parts"  # removed: only `path` is left in the folder
+    parts.mkdir()
+    tone = audio_only(parts)
+    if video is not None:
+        video = video(parts)
+    with av.open(str(path), "w") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        sources = [av.open(str(tone))] + ([av.open(str(video))] if video else [])
+        copies = {(k, s.index): out.add_stream_from_template(s)
+                  for k, c in enumerate(sources) for s in c.streams}
+        packet = av.Packet(jpeg.getvalue())
+        packet.stream, packet.pts, packet.dts, packet.time_base = cover, 0, 0, Fraction(1, 1)
+        out.mux(packet)
+        for k, c in enumerate(sources):
+            for packet in c.demux():
+                if packet.size:
+                    packet.stream = copies[(k, packet.stream.index)]
+                    out.mux(packet)
+            c.close()
+    shutil.rmtree(parts)
+    return path
+
+
+def audio_with_cover(d: Path) -> Path:
+    return _with_cover(d / "audio with cover.mp4", None)
+
+
+def video_with_cover(d: Path) -> Path:
+    """PATTERN's video with a blue cover picture (classifying the cover gives all blue)."""
+    return _with_cover(d / "video with cover.mp4", lambda p: plain(p / "plain.mp4", PATTERN))
+
+
 def short(d: Path) -> Path:
     """0.4 s of video: one sample."""
     frames, _ = colour_frames(["blue"], 10, (64, 48))
@@ -198,6 +242,8 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "truncated-mkv": truncated_mkv,
     "corrupt-middle": corrupt_middle,
     "audio-only": audio_only,
+    "audio-with-cover": audio_with_cover,
+    "video-with-cover": video_with_cover,
     "short": short,
     "vfr": variable_frame_rate,
     "rotated": rotated,

@@ -55,6 +55,8 @@ EXPECT: dict[str, Err | Ok] = {
     "corrupt-middle": Ok(("red",) * 3 + ("*",) * 3 + ("green",) * 3, "damaged packet",
                          ("exact",)),
     "audio-only": Err("has no video stream"),
+    "audio-with-cover": Err("has no video stream (audio only, or only a cover picture?)"),
+    "video-with-cover": Ok(P),
     "short": Ok(("blue",)),
     "vfr": Ok(tuple(bi.VFR_LABELS)),
     "rotated": Ok(P),

@@ -38,6 +38,7 @@ from milesdeep.models.bundle import InputSpec
 from milesdeep.pipeline.atomic import atomic_path
 from milesdeep.pipeline.decode import (
     frame_from_av,
+    main_video,
     open_video,
     probe,
     sample_count,
@@ -176,7 +177,7 @@ def _decoded(container, info) -> Iterator[tuple[object, float]]:
     pipeline's source does)."""
     import av
 
-    vs = container.streams.video[0]
+    vs = main_video(container)
     tb = vs.time_base
     last = None
     for packet in container.demux(vs):
@@ -200,7 +201,7 @@ def frames_at(path: Path, times: Sequence[float]) -> Iterator[tuple[float, Frame
     info = probe(Path(path))
     container = open_video(Path(path))
     try:
-        vs = container.streams.video[0]
+        vs = main_video(container)
         vs.codec_context.thread_type = "AUTO"
         tb = vs.time_base
         pending = sorted(float(t) for t in times)

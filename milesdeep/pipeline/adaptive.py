@@ -49,6 +49,7 @@ from milesdeep.pipeline.decode import (
     SKIPS_PER_PACKET,
     PyAVSource,
     frame_from_av,
+    main_video,
     mark_needed,
     open_video,
     seek_steps,
@@ -192,7 +193,7 @@ class StretchSource:
     def _open(self):
         if self._container is None:
             self._container = open_video(self.source.path, probed=True)
-            cc = self._container.streams.video[0].codec_context
+            cc = main_video(self._container).codec_context
             cc.thread_type = "AUTO"
             cc.thread_count = self.source.threads
         return self._container
@@ -222,7 +223,7 @@ class StretchSource:
         """The samples of one stretch (first slot, stop slot, keyframe index)."""
         a, b, j = run
         container = self._open()
-        yield from self._stretch(container, container.streams.video[0], a, b,
+        yield from self._stretch(container, main_video(container), a, b,
                                  self.held[j].pts)
 
     def _from_keyframe(self, container, vs, key_pts: float) -> Iterator:

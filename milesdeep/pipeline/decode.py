@@ -105,10 +105,22 @@ def open_video(path: Path, probed: bool = False):  # -> av.container.InputContai
             f"not a video FFmpeg can read ({getattr(e, 'strerror', None) or type(e).__name__})",
             path,
         ) from None
-    if not container.streams.video:
+    if main_video(container) is None:
         container.close()
-        raise MilesDeepError("has no video stream (audio only?)", path)
+        raise MilesDeepError("has no video stream (audio only, or only a cover picture?)",
+                             path)
     return container
+
+
+def main_video(container: Any) -> Any:  # InputContainer -> VideoStream | None
+    """The video stream every stage reads: the first that is not a cover picture (an
+    attached picture is one image, shown for a whole audio file or beside the video)."""
+    import av
+
+    for s in container.streams.video:
+        if not (s.disposition & av.stream.Disposition.attached_pic):
+            return s
+    return None
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
@@ -130,7 +142,7 @@ def probe(path: Path) -> VideoInfo:
         container = open_video(path, probed=probed)
         try:
             info = _info(Path(path), container)
-            start_known = container.streams.video[0].start_time is not None
+            start_known = main_video(container).start_time is not None
         finally:
             container.close()
         if info.width > 0 and info.height > 0 and info.codec and start_known:
@@ -139,7 +151,7 @@ def probe(path: Path) -> VideoInfo:
 
 
 def _info(path: Path, container) -> VideoInfo:
-    vs = container.streams.video[0]
+    vs = main_video(container)
     cc = vs.codec_context
     start = _seconds(vs.start_time, vs.time_base) or 0.0
     duration = _seconds(vs.duration, vs.time_base)
@@ -471,7 +483,7 @@ class PyAVSource:
         """Decoded frames in presentation order; corrupt packets are skipped and counted."""
         import av
 
-        vs = container.streams.video[0]
+        vs = main_video(container)
         cc = vs.codec_context
         cc.thread_type = "AUTO"
         cc.thread_count = self.threads
@@ -667,7 +679,7 @@ class PyAVSource:
         order, then the decoder drained: the last keyframe's slots become exact."""
         import av
 
-        vs = container.streams.video[0]
+        vs = main_video(container)
         tb, start = vs.time_base, self.info.start
         vs.codec_context.skip_frame = "DEFAULT"  # `decode` only switches to NONREF and back
         t_key = float(last_key * tb) - start
@@ -716,7 +728,7 @@ class PyAVSource:
             container.close()
 
     def _samples(self, container) -> Iterator[Sample]:
-        vs = container.streams.video[0]
+        vs = main_video(container)
         tb = vs.time_base
         start = self.info.start
         rate = self.rate

@@ -54,6 +54,7 @@ from milesdeep.pipeline.decode import (
     SamplingMode,
     VideoInfo,
     frame_from_av,
+    main_video,
     open_video,
     probe,
     sample_count,
@@ -190,7 +191,7 @@ def demux_index(path: Path, info: VideoInfo | None = None) -> StreamIndex:
     info = info or probe(path)
     container = open_video(path)
     try:
-        vs = container.streams.video[0]
+        vs = main_video(container)
         tb = float(vs.time_base)
         rows = [(p.pts, int(p.duration or 0), bool(p.is_keyframe))
                 for p in container.demux(vs) if p.size]
@@ -204,7 +205,7 @@ def first_frame_format(path: Path) -> tuple[Colour, int, str | None]:
     decoded frame), and the stream's pixel format name."""
     container = open_video(path)
     try:
-        vs = container.streams.video[0]
+        vs = main_video(container)
         pix_fmt = vs.codec_context.pix_fmt
         for frame in container.decode(vs):
             f = frame_from_av(frame)

@@ -35,7 +35,7 @@ import av
 from milesdeep.errors import MilesDeepError
 from milesdeep.pipeline import smartcut
 from milesdeep.pipeline.atomic import atomic_path
-from milesdeep.pipeline.decode import probe
+from milesdeep.pipeline.decode import main_video, probe
 from milesdeep.pipeline.ranges import TimeRange, format_time
 
 KINDS = ("video", "audio", "subtitle")
@@ -92,18 +92,11 @@ def _open(path: Path) -> av.container.InputContainer:
         raise MilesDeepError(f"cannot read the video ({e})", path) from None
 
 
-def _main_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    for s in container.streams.video:
-        if not (s.disposition & av.stream.Disposition.attached_pic):
-            return s
-    return None
-
-
 def index_media(path: Path) -> MediaIndex:
     """Scan every packet once (no decoding) and index the streams an edit carries."""
     path = Path(path)
     with _open(path) as c:
-        video = _main_video(c)
+        video = main_video(c)
         if video is None:
             raise MilesDeepError("no video stream to cut", path)
         vindex = video.index
