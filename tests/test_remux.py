@@ -357,3 +357,26 @@ def test_the_cutter_starts_where_the_classifier_does(tmp_path: Path, kind: str) 
     info = probe(path)
     assert float(index.start * index.video.time_base) == pytest.approx(info.start, abs=1e-6)
     assert float(index.duration) == pytest.approx(info.duration, abs=0.05)
+
+
+def test_pictures_with_one_time_are_one_clear_error(tmp_path: Path) -> None:
+    """Two MPEG-TS recordings joined byte for byte, the second's times overlapping the
+    first's: a cut across the seam failed halfway with FFmpeg's 'non monotonically increasing
+    dts'; it is now refused, before anything is written, naming the time."""
+    from tests.testdata import encode_frames, solid
+
+    parts = []
+    for k, first in enumerate((0, 2000)):
+        frames = [solid((40 * k, 90, 60), 48, 64) for _ in range(30)]
+        parts.append(encode_frames(tmp_path / f"part{k}.ts", frames,
+                                   [first + 100 * i for i in range(30)], gop=10,
+                                   options={"bf": "2", "x264-params": "repeat-headers=1"}))
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    index = remux.index_media(joined)
+    with pytest.raises(MilesDeepError, match="two pictures of the video have the same time"):
+        remux.cut_video(index, [TimeRange(F(1), F(4))], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    # A range clear of the seam is cut as before.
+    result = remux.cut_video(index, [TimeRange(F(0), F(1))], tmp_path / "out")
+    assert result.outputs[0].exists()

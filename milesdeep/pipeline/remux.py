@@ -397,6 +397,7 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
         offset = out_start - s.start
         outs.append(out_start * index.video.time_base)
         previous_encoded = False
+        first_out = len(video_out)
         for item in s.items:
             item.offset = offset
             if isinstance(item, CopyItem):
@@ -408,6 +409,7 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
             else:
                 video_out += [p + offset for p in item.wanted]
                 previous_encoded = True
+        _check_distinct(index, [t - offset for t in video_out[first_out:]])
         out_start += s.end - s.start
     # Decode timestamps: the i-th smallest pts minus the largest reorder delay.
     ranked = sorted(video_out)
@@ -419,6 +421,19 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
         others[si.index] = planner(si, index, spans, outs)
     _chain_prepends(spans)
     return EditPlan(index, spans, precise, notes, pairs, others)
+
+
+def _check_distinct(index: MediaIndex, pts: Sequence[int]) -> None:
+    """Two pictures with one time cannot be muxed (decode times must increase): say where,
+    before anything is written, rather than fail halfway with FFmpeg's complaint."""
+    ordered = sorted(pts)
+    same = next((a for a, b in zip(ordered, ordered[1:]) if a == b), None)
+    if same is not None:
+        raise MilesDeepError(
+            f"two pictures of the video have the same time, {float(index.seconds(same)):.3f} s "
+            "(two recordings joined without new timestamps?), inside a range to keep: it "
+            "cannot be cut by stream copy; cut each recording on its own, or re-encode it",
+            index.path)
 
 
 def _chain_prepends(spans: Sequence[Span]) -> None:
