@@ -439,3 +439,17 @@ def test_adaptive_on_av1_matches_exact(tmp_path: Path, colours) -> None:
     adaptive, times = run(video, colours, "adaptive", rate=2.0)
     assert labels_of(exact) == [name for name in pattern for _ in range(2)]
     assert labels_of(adaptive) == labels_of(exact)
+
+
+def test_a_decoder_that_marks_no_keyframe_picture(tmp_path: Path, colours) -> None:
+    # QuickTime RLE: the file marks its keyframe packets, but the decoder marks no picture as
+    # a keyframe; keyframe sampling dropped every picture ("no picture could be decoded").
+    pattern = ["red"] * 2 + ["blue"] * 2 + ["green"] * 2 + ["gray"] * 2
+    frames = [solid(COLOURS[name]) for name in pattern for _ in range(5)]
+    video = encode_frames(tmp_path / "rle.mov", frames, [200 * k for k in range(len(frames))],
+                          codec="qtrle", pix_fmt="rgb24")
+    exact, _ = run(video, colours, "exact")
+    adaptive, _ = run(video, colours, "adaptive")
+    keys, _ = run(video, colours, "keyframes")
+    assert labels_of(exact) == labels_of(adaptive) == pattern
+    assert labels_of(keys)[0] == "red" and len(keys.probs) == len(pattern)

@@ -474,6 +474,10 @@ class PyAVSource:
         self.info = probe(self.path)
         self.stats = DecodeStats()
         self._seen_end = 0.0  # the end of the last packet demuxed, decoded or not
+        # keyframes: the times (ticks) of the keyframe packets decoded. Some decoders never
+        # mark a picture as a keyframe (qtrle), so a picture is one if it is marked or if its
+        # time is one of these.
+        self._key_pts: set[int] = set()
 
     @property
     def expected_samples(self) -> int:
@@ -538,7 +542,7 @@ class PyAVSource:
 
         def pictures(frames) -> Iterator:
             for f in frames:
-                if f.pts is None or (keyframes and not f.key_frame):
+                if f.pts is None or (keyframes and not self._is_key(f)):
                     continue
                 self.stats.frames_decoded += 1
                 yield f
@@ -589,6 +593,8 @@ class PyAVSource:
                 cc.flush_buffers()
             fed = True
             last_fed = t
+            if packet.pts is not None:
+                self._key_pts.add(packet.pts)
             frames = decode(packet, True)
             if frames is None:
                 eof = True
@@ -715,7 +721,7 @@ class PyAVSource:
         for f in frames:
             # Leading pictures of an open GOP come before its keyframe and refer to pictures
             # pass 1 never decoded (earlier keyframes the decoder still held are fine).
-            if f.pts is None or (f.pts < last_key and not f.key_frame):
+            if f.pts is None or (f.pts < last_key and not self._is_key(f)):
                 continue
             self.stats.frames_decoded += 1
             yield f
@@ -751,7 +757,7 @@ class PyAVSource:
             if i > first:
                 holder = prev if prev is not None else (f, t)
                 yield from self._emit(holder, first, i)
-            elif self.partners and prev is not None and prev[0].key_frame:
+            elif self.partners and prev is not None and self._is_key(prev[0]):
                 yield from self._emit(prev, i, i)  # a keyframe holding no slot: hold 0
             prev = (f, t)
             if duration > 0 and t >= duration:
@@ -763,8 +769,11 @@ class PyAVSource:
         n = sample_count(end, rate)
         if i < n:
             yield from self._emit(prev, i, n)
-        elif self.partners and prev[0].key_frame and n > 0:
+        elif self.partners and self._is_key(prev[0]) and n > 0:
             yield from self._emit(prev, i, i)  # the last keyframe, holding no slot
+
+    def _is_key(self, frame) -> bool:
+        return bool(frame.key_frame) or frame.pts in self._key_pts
 
     def _emit(self, holder, first: int, stop: int) -> Iterator[Sample]:
         frame, pts = holder
