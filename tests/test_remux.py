@@ -380,3 +380,28 @@ def test_pictures_with_one_time_are_one_clear_error(tmp_path: Path) -> None:
     # A range clear of the seam is cut as before.
     result = remux.cut_video(index, [TimeRange(F(0), F(1))], tmp_path / "out")
     assert result.outputs[0].exists()
+
+
+@pytest.mark.parametrize("container", ["mp4", "ts"])
+def test_precise_cuts_of_an_intra_refresh_stream_show_every_picture(tmp_path: Path,
+                                                                   container: str) -> None:
+    """x264 --intra-refresh marks recovery points as keyframes. A smart cut copied on from
+    one after its re-encoded head, and a player could show none of the next 7 pictures (the
+    refresh had not gone round); the cut now re-encodes from a whole keyframe instead."""
+    import av
+
+    from tests.testdata import encode_frames, solid
+
+    frames = [solid((5 * k % 256, 90, 60), 48, 64) for k in range(100)]
+    extra = ":repeat-headers=1" if container == "ts" else ""
+    src = encode_frames(tmp_path / f"refresh.{container}", frames,
+                        [100 * k for k in range(100)], gop=25,
+                        options={"bf": "0", "sc_threshold": "0",
+                                 "x264-params": "intra-refresh=1:keyint=25" + extra})
+    index = remux.index_media(src)
+    assert sum(index.video.key) > 1 and sum(index.video.whole) == 1
+    result = remux.cut_video(index, [TimeRange(F(2), F(6))], tmp_path / "out", precise=True)
+    assert any("recovery points" in n for n in result.plans[0].notes)
+    with av.open(str(result.outputs[0])) as c:
+        shown = [round(float(f.pts * f.time_base), 3) for f in c.decode(video=0)]
+    assert len(shown) == 40  # every picture from 2 s to 6 s

@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -35,7 +35,7 @@ import av
 from milesdeep.errors import MilesDeepError
 from milesdeep.pipeline import smartcut
 from milesdeep.pipeline.atomic import atomic_path
-from milesdeep.pipeline.decode import main_video, probe
+from milesdeep.pipeline.decode import keyframe_decodable, main_video, probe
 from milesdeep.pipeline.ranges import TimeRange, format_time
 
 KINDS = ("video", "audio", "subtitle")
@@ -53,6 +53,9 @@ class StreamIndex:
     dts: list[int | None] = field(default_factory=list)
     duration: list[int] = field(default_factory=list)
     key: list[bool] = field(default_factory=list)
+    # video: keyframes decoding can start at and give that very picture (`keyframe_decodable`:
+    # not an intra-refresh recovery point, whose picture is whole only frames later)
+    whole: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +112,7 @@ def index_media(path: Path) -> MediaIndex:
                 carried[s.index] = StreamIndex(s.index, s.type, codec, s.time_base)
             else:
                 skipped.append(f"stream {s.index} ({s.type})")
+        alone = keyframe_decodable(video.codec_context.name, video.codec_context.extradata)
         try:
             for packet in c.demux([c.streams[i] for i in carried]):
                 if not _usable(packet):
@@ -118,6 +122,9 @@ def index_media(path: Path) -> MediaIndex:
                 si.dts.append(packet.dts)
                 si.duration.append(packet.duration or 0)
                 si.key.append(packet.is_keyframe)
+                if si.index == vindex:
+                    si.whole.append(packet.is_keyframe
+                                    and alone(memoryview(packet)) is not False)
         except av.error.FFmpegError as e:
             raise MilesDeepError(f"cannot read the video ({e})", path) from None
     v = carried.pop(vindex)
@@ -285,7 +292,20 @@ def _keyframe_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool)
     return spans
 
 
+def _whole_keyframes(index: MediaIndex) -> MediaIndex:
+    """The index with only the keyframes a decoder can start at and show at once. Copying
+    from an intra-refresh recovery point, or decoding a head from one, leaves pictures a
+    player cannot show until the refresh has gone round (0.7 s of a cut was lost so). A
+    stream without any such keyframe keeps them all."""
+    keys = sorted((p, i) for i, (p, w) in enumerate(zip(index.video.pts, index.video.whole))
+                  if w)
+    if not keys or len(keys) == len(index.key_pts):
+        return index
+    return replace(index, key_pts=[p for p, _ in keys], key_idx=[i for _, i in keys])
+
+
 def _precise_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool) -> list[Span]:
+    index = _whole_keyframes(index)
     spans: list[Span] = []
     for r in ranges:
         start = _next_pts(index, index.ticks(r.start))
@@ -390,6 +410,9 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
             precise = False
     notes += [f"left out {what}: only video, audio and subtitles are carried"
               for what in index.skipped]
+    if precise and _whole_keyframes(index) is not index:
+        notes.append("--precise: some keyframes are intra-refresh recovery points, where no "
+                     "cut can start whole; pictures are re-encoded from the keyframe before")
     spans = (_precise_spans if precise else _keyframe_spans)(index, ranges, merge)
     out_start, outs = 0, []
     video_out: list[int] = []
