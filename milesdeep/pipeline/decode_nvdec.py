@@ -54,6 +54,7 @@ from milesdeep.pipeline.decode import (
     SamplingMode,
     VideoInfo,
     frame_from_av,
+    keyframe_decodable,
     main_video,
     open_video,
     probe,
@@ -187,13 +188,16 @@ def nvdec_format(codec_name: str, pix_fmt: str | None) -> NvdecFormat | str:
 
 
 def demux_index(path: Path, info: VideoInfo | None = None) -> StreamIndex:
-    """Read every packet's pts and key flag (demuxing only: cheap)."""
+    """Read every packet's pts and key flag (demuxing only: cheap). As in the CPU twin, a
+    keyframe that cannot be decoded alone (an intra-refresh recovery point) is no keyframe."""
     info = info or probe(path)
     container = open_video(path)
     try:
         vs = main_video(container)
         tb = float(vs.time_base)
-        rows = [(p.pts, int(p.duration or 0), bool(p.is_keyframe))
+        alone = keyframe_decodable(vs.codec_context.name, vs.codec_context.extradata)
+        rows = [(p.pts, int(p.duration or 0),
+                 bool(p.is_keyframe) and alone(memoryview(p)) is not False)
                 for p in container.demux(vs) if p.size]
     finally:
         container.close()
