@@ -49,6 +49,7 @@ class VideoInfo:
     start: float  # the stream's start time in seconds (sample times are relative to it)
     has_audio: bool
     keyframe_times: list[float] = field(default_factory=list)
+    start_known: bool = True  # False: no timestamp told it, and `start` is 0
 
 
 @dataclass
@@ -134,26 +135,38 @@ def probe(path: Path) -> VideoInfo:
 
     The container's header says all `VideoInfo` holds for most files (MP4, Matroska), so the
     first try skips the pictures FFmpeg's probe would decode; a stream whose size only
-    decoding tells (MPEG-TS, raw H.264), or whose start only decoding tells (Matroska with
-    B-frames: its first packets carry no decode time), is probed again in full. A start left
-    unknown would be taken as 0 while the cutter (`remux.index_media`) starts at the first
-    picture: every cut of a file that starts late would land that much off."""
+    decoding tells (MPEG-TS, raw H.264), is probed again in full. Where the header leaves the
+    start unknown (Matroska), the first packets' times tell it (as a full probe finds it):
+    a start taken as 0 there made every cut of a file that starts late land that much off."""
     for probed in (True, False):
         container = open_video(path, probed=probed)
         try:
             info = _info(Path(path), container)
-            start_known = main_video(container).start_time is not None
         finally:
             container.close()
-        if info.width > 0 and info.height > 0 and info.codec and start_known:
+        if info.width > 0 and info.height > 0 and info.codec and info.start_known:
             break
     return info
+
+
+def _first_pts(container, vs, packets: int = 64) -> int | None:
+    """The smallest timestamp among the stream's first packets (read, not decoded): its
+    start, reordered pictures included."""
+    import av
+
+    try:
+        seen = [p.pts for p, _ in zip(container.demux(vs), range(packets))
+                if p.pts is not None and p.size]
+    except (av.FFmpegError, OSError):
+        return None
+    return min(seen) if seen else None
 
 
 def _info(path: Path, container) -> VideoInfo:
     vs = main_video(container)
     cc = vs.codec_context
-    start = _seconds(vs.start_time, vs.time_base) or 0.0
+    first = vs.start_time if vs.start_time is not None else _first_pts(container, vs)
+    start = _seconds(first, vs.time_base) or 0.0
     duration = _seconds(vs.duration, vs.time_base)
     if not duration and container.duration:
         duration = container.duration / 1_000_000 - max(
@@ -183,6 +196,7 @@ def _info(path: Path, container) -> VideoInfo:
         rotation=rotation,
         start=start,
         has_audio=bool(container.streams.audio),
+        start_known=first is not None,
     )
 
 
