@@ -46,7 +46,6 @@ import numpy as np
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.decode import (
-    SKIPS_PER_PACKET,
     PyAVSource,
     frame_from_av,
     main_video,
@@ -54,6 +53,7 @@ from milesdeep.pipeline.decode import (
     open_video,
     seek_steps,
     seek_to,
+    skip_switch,
 )
 from milesdeep.pipeline.frames import Sample
 from milesdeep.pipeline.infer import Classifier
@@ -284,13 +284,10 @@ class StretchSource:
 
         def frames() -> Iterator:
             cc = vs.codec_context
-            skipping = False
-            can_skip = cc.name in SKIPS_PER_PACKET
+            skip = skip_switch(cc)  # non-reference pictures at no slot
             for packet, needed in mark_needed(packets, tb, start, rate, a, b,
                                               until_last=True):
-                if needed == skipping and can_skip:  # non-reference pictures at no slot
-                    skipping = not needed
-                    cc.skip_frame = "NONREF" if skipping else "DEFAULT"
+                skip(needed)
                 try:
                     decoded = packet.decode()
                 except av.error.EOFError:

@@ -356,6 +356,23 @@ def mark_needed(packets: Iterable, time_base: Fraction, start: float, rate: floa
 SKIPS_PER_PACKET = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "h263",
                               "vp8", "vp9", "vc1", "wmv3"})
 
+def skip_switch(cc: Any) -> Callable[[bool], None]:
+    """A function to call before decoding each packet, with whether a slot shows its picture
+    (`mark_needed`): the decoder skips non-reference pictures no slot shows (skip_frame
+    NONREF) where it applies that per packet (SKIPS_PER_PACKET). It switches only when the
+    answer changes: frame threads copy the setting as each packet is handed over."""
+    skipping = False
+    can_skip = cc.name in SKIPS_PER_PACKET
+
+    def switch(needed: bool) -> None:
+        nonlocal skipping
+        if can_skip and needed == skipping:
+            skipping = not needed
+            cc.skip_frame = "NONREF" if skipping else "DEFAULT"
+
+    return switch
+
+
 # exact_tail holds the packets after the latest keyframe in memory until the next one (or the
 # end); past this many bytes it gives up on that GOP, so memory does not grow with GOP length.
 TAIL_BYTES = 64 << 20
@@ -508,8 +525,7 @@ class PyAVSource:
         tb, start, rate = vs.time_base, self.info.start, self.rate
         n = sample_count(self.info.duration, rate) if self.info.duration > 0 else None
         keyframes = self.mode == "keyframes"
-        can_skip = cc.name in SKIPS_PER_PACKET
-        if keyframes and can_skip:
+        if keyframes and cc.name in SKIPS_PER_PACKET:
             cc.skip_frame = "NONKEY"
         packets: Iterator = ((p, True) for p in container.demux(vs))
         # Intra-only codecs (MJPEG, ProRes, DNxHD, ...): no picture refers to another, so one
@@ -518,7 +534,7 @@ class PyAVSource:
         if not keyframes and self.skip_unseen:
             packets = mark_needed(container.demux(vs), tb, start, rate, 0, n)
             drop_unseen = bool(cc.codec.intra_only)
-        skipping = False
+        skip = skip_switch(cc)
         flagged = False  # has the demuxer marked any packet as a keyframe?
         tail: list | None = []  # exact_tail: the packets after the latest keyframe, not yet
         # decoded; None once they outgrow TAIL_BYTES (a GOP that long is refined as others are)
@@ -541,11 +557,7 @@ class PyAVSource:
             return None if packet.pts is None else float(packet.pts * tb) - start
 
         def decode(packet, needed: bool) -> Iterator | None:
-            nonlocal skipping
-            if needed == skipping and can_skip:  # switch only when it changes (frame
-                # threads copy it)
-                skipping = not needed
-                cc.skip_frame = "NONREF" if skipping else "DEFAULT"
+            skip(needed)
             try:
                 return packet.decode()
             except av.error.EOFError:
