@@ -305,7 +305,7 @@ def _whole_keyframes(index: MediaIndex) -> MediaIndex:
 
 
 def _precise_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool) -> list[Span]:
-    index = _whole_keyframes(index)
+    """Smart-cut spans; `index`'s keyframes are the ones a cut can start at whole."""
     spans: list[Span] = []
     for r in ranges:
         start = _next_pts(index, index.ticks(r.start))
@@ -410,10 +410,15 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
             precise = False
     notes += [f"left out {what}: only video, audio and subtitles are carried"
               for what in index.skipped]
-    if precise and _whole_keyframes(index) is not index:
-        notes.append("--precise: some keyframes are intra-refresh recovery points, where no "
-                     "cut can start whole; pictures are re-encoded from the keyframe before")
-    spans = (_precise_spans if precise else _keyframe_spans)(index, ranges, merge)
+    if precise:
+        whole = _whole_keyframes(index)
+        if whole is not index:
+            notes.append("--precise: some keyframes are intra-refresh recovery points, where "
+                         "no cut can start whole; pictures are re-encoded from the keyframe "
+                         "before")
+        spans = _precise_spans(whole, ranges, merge)
+    else:
+        spans = _keyframe_spans(index, ranges, merge)
     out_start, outs = 0, []
     video_out: list[int] = []
     for s in spans:
