@@ -175,6 +175,38 @@ def test_wmv_outputs(tmp_path: Path, csv: Path) -> None:
     assert sha(wmv) == before
 
 
+@pytest.mark.parametrize("given", ["out.mkv", "sub/cut.MP4", "x.tag"])
+def test_output_dir_given_a_file_name_is_refused(video: Path, csv: Path, given: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """-o is a folder: `-o out.mkv` (ffmpeg's habit) is refused before any work, with the
+    folder to give instead, and nothing is created; a folder that exists is used whatever
+    its name."""
+    before = names(video.parent)
+    target = video.parent / given
+    assert edit(video, "--from-predictions", csv, "-t", "b", "-o", target) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "-o is the output folder" in err[0], err
+    assert str(target.parent / target.stem) in err[0]
+    assert names(video.parent) == before
+    target.mkdir(parents=True)
+    assert edit(video, "--from-predictions", csv, "-t", "b", "-o", target) == 0
+    assert "v.cut.mp4" in names(target)
+
+
+def test_bad_input_with_a_model_is_one_line(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The backend is said once a file has run, so a bad input gives only its error."""
+    bundle = colour_bundle(tmp_path / "bundle")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    assert edit(bad, "--model", bundle, "--backend", "cpu") == 1
+    out, err = capsys.readouterr()
+    assert out.strip() == ""
+    assert err.strip().splitlines() == [f"error: {bad}: not a video FFmpeg can read "
+                                        "(Invalid data found when processing input)"]
+    assert names(tmp_path) == {"bundle", "bad.mp4"}
+
+
 def test_with_a_model_end_to_end(tmp_path: Path) -> None:
     """Classify with a real (tiny) ONNX model: red seconds are cut, noise reads as gray."""
     bundle = colour_bundle(tmp_path / "bundle")

@@ -73,6 +73,10 @@ def test_replan_from_predictions_without_the_network(video: Path, bundle_dir: Pa
     tag = read_tag(out / "clip one.tag")
     # With a 1 s minimum cut, gray's five seconds now make a cut.
     assert any(c.label == "gray" and (c.start, c.end) == (22, 26) for c in tag.cuts)
+    # -o names a folder: a file name there is refused, for re-planning and for videos.
+    for args in (["--from-predictions", str(csv)], [str(video), "--model", str(bundle_dir)]):
+        assert run_app(["tag", *args, "-o", str(tmp_path / "clip.tag")]) == 1
+        assert not (tmp_path / "clip.tag").exists()
 
 
 def test_keyframe_sampling_holds_labels(tmp_path: Path, bundle_dir: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from milesdeep.batch.inputs import expand_inputs
+from milesdeep.batch.inputs import VIDEO_EXTENSIONS, expand_inputs
 from milesdeep.batch.job import BatchJob
 from milesdeep.batch.runner import BatchSummary, FileOutcome, run_batch
 from milesdeep.errors import MilesDeepError
@@ -51,16 +51,33 @@ def gather_inputs(videos: Sequence[Path] | None, from_list: Path | None, usage: 
     return paths
 
 
+# What an output file of ours, or a video, is named: `-o` given such a name that does not exist
+# yet is taken for a file name typed where the folder goes (as `ffmpeg ... out.mp4`), not a
+# folder to create with that name.
+_FILE_SUFFIXES = VIDEO_EXTENSIONS | {".tag", ".csv", ".png", ".otio", ".edl", ".json"}
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """`-o` names the output folder: refuse what looks like a file name before any work, then
+    create the folder if needed and check it is writable."""
+    from milesdeep.pipeline.atomic import check_writable_dir
+
+    if not out_dir.exists() and out_dir.suffix.lower() in _FILE_SUFFIXES:
+        raise MilesDeepError("-o is the output folder, not a file name (outputs are named "
+                             "after each video); give a folder, e.g. -o "
+                             f"{out_dir.parent / out_dir.stem}", out_dir)
+    check_writable_dir(out_dir)
+
+
 def run_cli_batch(job: BatchJob, paths: Sequence[Path], *, force: bool = False, jobs: int = 1,
                   out_dir: Path | None = None,
                   report: Callable[[FileOutcome], None] | None = None) -> BatchSummary:
     """Run `job` over `paths` with the CLI's console, and exit with the run's status: 0 if
     nothing failed, 1 if a file failed, 130 if interrupted."""
     from milesdeep.cli.app import console
-    from milesdeep.pipeline.atomic import check_writable_dir
 
     if out_dir is not None:
-        check_writable_dir(out_dir)  # once, rather than once per file
+        check_output_dir(out_dir)  # once, rather than once per file
     summary = run_batch(job, paths, force=force, jobs=jobs, console=console, report=report)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)

@@ -172,6 +172,7 @@ def edit(
     if not paths:
         raise MilesDeepError("no video files to edit (only earlier edit outputs found)")
     caffe = (prototxt, weights, mean, labels)
+    backend_line = ""  # which backend runs the network, said after the first file
     params = PlanParams(min_cut, max_gap, min_score, min_coverage)
     job = EditJob(None, targets, all_but_other, remove, pieces, margin, precise, export,
                   overwrite, params, out_dir=output_dir, single=len(paths) == 1)
@@ -197,13 +198,18 @@ def edit(
         job.run_options = RunOptions(rate=rate, sampling=check_sampling(sampling),  # type: ignore[arg-type]
                                      batch=batch, adaptive_margin=adaptive_margin)
         choice = resolve_backend(backend, job.bundle, model_arg=model)
-        _say(choice.describe())
+        backend_line = choice.describe()
         job.backend, job.model_arg, job.say = choice.name, model, _say
         if choice.name == "gpu" and jobs > 1:
             _say(f"--jobs {jobs}: the gpu backend runs in one process; ignoring it")
             jobs = 1
 
     def report(outcome: FileOutcome) -> None:
+        nonlocal backend_line
+        if outcome.status == "done" and backend_line:
+            # Said once a file has run, as tag does, so that a bad input gets exactly one line.
+            _say(backend_line)
+            backend_line = ""
         r = outcome.detail
         if outcome.status != "done" or not isinstance(r, EditReport):
             return

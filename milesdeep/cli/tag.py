@@ -9,7 +9,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from milesdeep.batch.cli import ForceOpt, FromListOpt, JobsOpt, gather_inputs, run_cli_batch
+from milesdeep.batch.cli import (
+    ForceOpt,
+    FromListOpt,
+    JobsOpt,
+    check_output_dir,
+    gather_inputs,
+    run_cli_batch,
+)
 from milesdeep.batch.runner import FileOutcome
 from milesdeep.batch.tag_job import TagJob
 from milesdeep.cli import options as o
@@ -82,6 +89,8 @@ def tag(
     if from_predictions is not None:
         if videos or from_list is not None:
             raise MilesDeepError("give either videos or --from-predictions, not both")
+        if output_dir is not None:
+            check_output_dir(output_dir)
         result = tag_from_predictions(from_predictions, params=params, out_dir=output_dir,
                                       plot=plot)
         console.print(summary_table(result))
