@@ -197,3 +197,12 @@ def test_a_ctrl_c_as_the_temporary_file_is_made_leaves_nothing(tmp_path: Path,
         with atomic.atomic_path(tmp_path / "out.tag") as tmp:
             tmp.write_text("never")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_name_too_long_is_an_error_naming_it(tmp_path: Path) -> None:
+    from milesdeep.pipeline.atomic import write_text_atomic
+
+    final = tmp_path / ("x" * 300 + ".tag")
+    with pytest.raises(MilesDeepError, match="cannot write the output"):
+        write_text_atomic(final, "never")
+    assert list(tmp_path.iterdir()) == []

@@ -170,3 +170,22 @@ def test_adaptive_margin_option_reaches_the_sampler(bundle_dir: Path, tmp_path: 
         outs[name] = read_predictions_csv(out / "hidden.predictions.csv").probs
     assert not np.array_equal(outs["default"], outs["exact"])
     assert np.array_equal(outs["wide"], outs["exact"])
+
+
+def test_an_output_name_too_long_fails_that_file_before_any_work(
+        tmp_path: Path, bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 247-byte video name fits the file system; `<stem>.predictions.csv` does not. That
+    file fails with one line before it is classified, the others are done."""
+    short = colour_video(tmp_path / "short.mp4", ["red"] * 2)
+    long = tmp_path / ("ü" * 120 + "xyz.mp4")  # 247 bytes in UTF-8
+    long.write_bytes(short.read_bytes())
+    out = tmp_path / "out"
+    assert run_app(["tag", str(long), str(short), "--model", str(bundle_dir),
+                    "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    line = next(s for s in err.splitlines() if s.startswith("error:"))
+    assert line.startswith(f"error: {long}: the output name ")
+    assert "would be 259 bytes" in line and "rename the video shorter" in line
+    assert "Traceback" not in err and "internal error" not in err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "short.predictions.csv", "short.tag"]

@@ -119,6 +119,32 @@ def _stat(path: Path) -> os.stat_result | None:
         return None
 
 
+def _name_max(directory: Path) -> int:
+    """The longest file name (bytes) the file system of `directory`, or of the nearest folder
+    above it that exists, takes."""
+    for d in (directory, *directory.parents):
+        with contextlib.suppress(OSError, ValueError):
+            if d.is_dir():
+                return int(os.pathconf(d, "PC_NAME_MAX"))
+    return 255
+
+
+def too_long_name(output: Path, base: Path) -> str | None:
+    """Why an output cannot be written under `base` (its output folder) because a name in it
+    is too long, or None: checked before any work, not found when the file is written."""
+    limit = _name_max(base)
+    try:
+        parts = output.relative_to(base).parts
+    except ValueError:
+        parts = (output.name,)
+    for part in parts:
+        n = len(os.fsencode(part))
+        if n > limit:
+            return (f"the output name {part[:24]}…{part[-24:]} would be {n} bytes, more than "
+                    f"the file system takes ({limit}); rename the video shorter")
+    return None
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM stops the run like Ctrl-C (temporaries removed, summary printed)."""
@@ -250,6 +276,12 @@ class BatchRunner:
                 known[p] = FileOutcome(p, "failed", str(MilesDeepError(
                     f"its outputs would overwrite those of {one_line(str(clash))} (same name, "
                     "same output folder); process it separately or with another -o", p)))
+                continue
+            base = self.job.output_dir(p)
+            long = next(filter(None, (too_long_name(f, base) for f in self.job.output_paths(p))),
+                        None)
+            if long is not None:
+                known[p] = FileOutcome(p, "failed", str(MilesDeepError(long, p)))
                 continue
             st = _stat(p)
             if not self.force and st is not None:

@@ -40,7 +40,11 @@ def atomic_path(final: Path, overwrite: bool = True) -> Iterator[Path]:
     appears at `final`.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
+    try:
+        exists = final.exists()
+    except OSError as e:  # a name too long for the file system, say
+        raise MilesDeepError(f"cannot write the output ({e.strerror or e})", final) from None
+    if exists and not overwrite:
         raise MilesDeepError("output exists; pass --overwrite to replace it", final)
     check_writable_dir(final.parent)
     tmp_path: Path | None = None
