@@ -180,6 +180,15 @@ def test_bench_takes_folders_and_goes_on_past_a_broken_file(tmp_path: Path, bund
     assert measured == ["a.mp4", "b.mp4"]
 
 
+def test_bench_checks_its_json_path_before_measuring(tmp_path: Path, bundle_dir: Path,
+                                                     capsys) -> None:
+    video = colour_video(tmp_path / "a.mp4", ["red"] * 2, fps=5)
+    rc = run_app(["bench", str(video), "--model", str(bundle_dir), "--json", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and err.strip() == f"error: {tmp_path}: --json names a folder; give a file name"
+    assert "adaptive" not in out + err.replace("--json", "")  # nothing was measured
+
+
 def test_repeated_runs_report_each_mode_s_median(tmp_path: Path, bundle_dir: Path) -> None:
     from milesdeep.bench import RunReport, bench_video, median_run
 

@@ -104,6 +104,12 @@ def bench(
     if backend not in ("cpu", "gpu"):
         raise MilesDeepError(f"--backend {backend!r}: bench measures cpu or gpu")
     videos = gather_inputs(videos, from_list, "miles-deep bench VIDEO [VIDEO...]")
+    if json_out is not None:  # checked before minutes of measuring, not after
+        from milesdeep.pipeline.atomic import check_writable_dir
+
+        if json_out.is_dir():
+            raise MilesDeepError("--json names a folder; give a file name", json_out)
+        check_writable_dir(json_out.parent)
     bundle = o.resolve_model_options(model)
     choice = resolve_backend(backend, bundle)  # --backend gpu without one: E's one line
     gpu_backend, gpu_info = None, None
