@@ -405,3 +405,83 @@ def test_precise_cuts_of_an_intra_refresh_stream_show_every_picture(tmp_path: Pa
     with av.open(str(result.outputs[0])) as c:
         shown = [round(float(f.pts * f.time_base), 3) for f in c.decode(video=0)]
     assert len(shown) == 40  # every picture from 2 s to 6 s
+
+
+def _timecoded(path: Path, tc: str | None, rate: F, n: int = 60, gop: int = 15) -> Path:
+    """Coded frames 0..n-1 at `rate` whose video stream starts at timecode `tc` (FFmpeg's MOV
+    muxer makes that a tmcd track, its Matroska muxer a tag)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = 160, 64, "yuv420p"
+        vs.codec_context.gop_size = gop
+        vs.options = {"preset": "veryfast", "sc_threshold": "0", "bf": "0"}
+        if tc is not None:
+            vs.metadata["timecode"] = tc
+        for i in range(n):
+            rgb = np.zeros((64, 160, 3), np.uint8)
+            V.draw_code(rgb, i)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i, 1 / rate
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+    return path
+
+
+def _timecodes(path: Path) -> set[str]:
+    """Every start timecode FFmpeg reads back from the file (any stream, any spelling)."""
+    import av
+
+    with av.open(str(path)) as c:
+        metas = [c.metadata, *(s.metadata for s in c.streams)]
+        return {v for m in metas for k, v in m.items() if k.lower() == "timecode"}
+
+
+@pytest.mark.parametrize("name,tc,rate,want", [
+    ("a.mov", "01:00:00:00", F(25), ["01:00:00:15", "01:00:01:05"]),
+    # Drop-frame at 29.97: minute 1 has no frames ;00 and ;01, so 15 frames after 00:00:59;15
+    # is 00:01:00;02.
+    ("b.mp4", "00:00:59;15", F(30000, 1001), ["00:01:00;02", "00:01:00;17"]),
+    ("c.mkv", "10:00:00:00", F(30), ["10:00:00:15", "10:00:01:00"]),
+])
+def test_the_start_timecode_moves_to_each_piece_s_start(tmp_path: Path, name: str, tc: str,
+                                                        rate: F, want: list[str]) -> None:
+    src = _timecoded(tmp_path / name, tc, rate, n=60, gop=15)
+    assert _timecodes(src) == {tc}
+    index = remux.index_media(src)
+    assert index.skipped == []  # the tmcd track is written anew, not "left out"
+    # Keyframes every 15 frames: pieces start at frames 15 and 30 (rate-independent).
+    a, b = F(15) / rate, F(30) / rate
+    result = remux.cut_video(index, [TimeRange(a, a + 10 / rate), TimeRange(b, b + 10 / rate)],
+                             tmp_path / "out", pieces=True)
+    for path, start, frame in zip(result.outputs, want, (15, 30)):
+        assert V.read_frame_codes(path)[0] == frame
+        assert _timecodes(path) == {start}
+
+
+def test_no_timecode_in_gives_none_out(tmp_path: Path) -> None:
+    src = _timecoded(tmp_path / "n.mov", None, F(25), n=30)
+    out = remux.cut_video(remux.index_media(src), [TimeRange(F(3, 5), F(1))], tmp_path / "o")
+    assert _timecodes(out.outputs[0]) == set()
+
+
+@pytest.mark.parametrize("tc,rate,frames,want", [
+    ("01:00:00:00", F(25), 75, "01:00:03:00"),
+    ("23:59:59:24", F(25), 1, "00:00:00:00"),  # hours wrap at 24, as FFmpeg's do
+    ("01:00:00;00", F(30000, 1001), 1800, "01:01:00;02"),
+    ("00:09:59;29", F(30000, 1001), 1, "00:10:00;00"),  # every tenth minute keeps ;00
+    ("01:00:00;00", F(60000, 1001), 3600, "01:01:00;04"),
+    ("01:00:00:00", F(30000, 1001), 1800, "01:01:00:00"),  # ':' is non-drop, whatever the rate
+    ("01:00:00;00", F(25), 25, "01:00:01:00"),  # no drop-frame at 25
+    ("1:2:3:4", F(25), 1, None),  # not a timecode: nothing is written
+])
+def test_timecode_arithmetic_is_ffmpeg_s(tc: str, rate: F, frames: int, want: str | None) -> None:
+    from milesdeep.pipeline.timecode import from_frames, shifted, to_frames
+
+    assert shifted(tc, rate, frames) == want
+    for n in range(0, 120_000, 997):  # drop-frame numbering round-trips
+        assert to_frames(from_frames(n, F(30000, 1001), True), F(30000, 1001)) == (n, True)

@@ -37,6 +37,7 @@ from milesdeep.pipeline import smartcut
 from milesdeep.pipeline.atomic import atomic_path
 from milesdeep.pipeline.decode import keyframe_decodable, main_video, probe
 from milesdeep.pipeline.ranges import TimeRange, format_time
+from milesdeep.pipeline.timecode import shifted, source_timecode
 
 KINDS = ("video", "audio", "subtitle")
 
@@ -71,6 +72,7 @@ class MediaIndex:
     key_pts: list[int]  # keyframe pts, sorted
     key_idx: list[int]  # their decode indices
     frame_rate: Fraction
+    timecode: str | None = None  # the start timecode FFmpeg found (`timecode.source_timecode`)
 
     @property
     def duration(self) -> Fraction:
@@ -106,12 +108,13 @@ def index_media(path: Path) -> MediaIndex:
         frame_rate = video.average_rate or video.guessed_rate
         carried: dict[int, StreamIndex] = {}
         skipped: list[str] = []
+        tc = source_timecode(c, video)
         for s in c.streams:
             if s is video or (s.type in ("audio", "subtitle")):
                 codec = s.codec_context.name if s.codec_context else str(s.type)
                 carried[s.index] = StreamIndex(s.index, s.type, codec, s.time_base)
-            else:
-                skipped.append(f"stream {s.index} ({s.type})")
+            elif not (tc and s.type == "data" and s.metadata.get("timecode") == tc):
+                skipped.append(f"stream {s.index} ({s.type})")  # a tmcd track is rewritten
         alone = keyframe_decodable(video.codec_context.name, video.codec_context.extradata)
         try:
             for packet in c.demux([c.streams[i] for i in carried]):
@@ -145,7 +148,8 @@ def index_media(path: Path) -> MediaIndex:
     keys = sorted((p, i) for i, (p, k) in enumerate(zip(v.pts, v.key)) if k)
     return MediaIndex(path, v, list(carried.values()), skipped, start, end,
                       sorted_pts, suffix, [p for p, _ in keys], [i for _, i in keys],
-                      Fraction(frame_rate) if frame_rate else 1 / (step * v.time_base))
+                      Fraction(frame_rate) if frame_rate else 1 / (step * v.time_base),
+                      timecode=tc)
 
 
 # --- planning ------------------------------------------------------------------------------
@@ -517,6 +521,7 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
         items = [it for span in plan.spans for it in span.items]
         vtimes = iter(plan.video_out)
         vstream = out_streams[vidx]
+        _set_timecode(plan, vstream)
         tb = index.video.time_base
         state = {"item": 0, "copied": 0}
 
@@ -576,6 +581,22 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
         flush_encoded()
     if encoder is not None:
         encoder.close()
+
+
+def _set_timecode(plan: EditPlan, vstream: av.stream.Stream) -> None:
+    """The output starts some frames into the source, and so does its start timecode: FFmpeg's
+    MOV/MP4 muxer writes it as a tmcd track, Matroska's as a tag. (A timecode copied with the
+    stream's metadata would claim the source's start.)"""
+    meta = vstream.metadata
+    for key in [k for k in meta if k.lower() == "timecode"]:
+        del meta[key]
+    index = plan.index
+    if index.timecode is None or not plan.spans or not index.sorted_pts:
+        return
+    frames = _frames_in(index, index.sorted_pts[0], plan.spans[0].start)
+    tc = shifted(index.timecode, index.frame_rate, frames)
+    if tc is not None:
+        meta["timecode"] = tc
 
 
 def _format_for(path: Path) -> str | None:
