@@ -485,3 +485,58 @@ def test_timecode_arithmetic_is_ffmpeg_s(tc: str, rate: F, frames: int, want: st
     assert shifted(tc, rate, frames) == want
     for n in range(0, 120_000, 997):  # drop-frame numbering round-trips
         assert to_frames(from_frames(n, F(30000, 1001), True), F(30000, 1001)) == (n, True)
+
+
+def _tagged(src: Path, dest: Path) -> Path:
+    """`src` with a title, a language on its audio and three chapters (0-4, 4-8, 8-12 s)."""
+    import av
+
+    with av.open(str(src)) as c, av.open(str(dest), "w") as out:
+        out.metadata["title"] = "A title"
+        streams = {s.index: out.add_stream_from_template(s) for s in c.streams}
+        for s in c.streams:
+            if s.type == "audio":
+                streams[s.index].metadata["language"] = "fra"
+        out.set_chapters([{"id": k + 1, "start": 4000 * k, "end": 4000 * (k + 1),
+                           "time_base": F(1, 1000), "metadata": {"title": f"part {k + 1}"}}
+                          for k in range(3)])
+        for p in c.demux():
+            if p.dts is None and p.pts is None:
+                continue
+            p.stream = streams[p.stream.index]
+            out.mux(p)
+    return dest
+
+
+@pytest.mark.parametrize("name", ["h264.mp4", "h264.mkv"])
+def test_tags_and_chapters_carry_over(sources: dict[str, Path], tmp_path: Path,
+                                      name: str) -> None:
+    """Title and languages as `ffmpeg -c copy` keeps them; each chapter that keeps some time
+    runs, on the output's timeline, from its first kept moment to its last."""
+    import av
+
+    src = _tagged(sources[name], tmp_path / name)
+    index = remux.index_media(src)
+    # Keep 1-3 s and 6-11 s: part 1 keeps 2 s, part 2 the 2 s from 6 s, part 3 all of 8-11.
+    result = remux.cut_video(index, [TimeRange(F(1), F(3)), TimeRange(F(6), F(11))],
+                             tmp_path / "out")
+    plan = result.plans[0]
+    assert "chapters: 3 of 3 kept, moved to the output's times" in plan.notes
+    cut = [float(plan.index.seconds(s.start)) for s in plan.spans]  # keyframe starts
+    ends = [float(plan.index.seconds(s.end)) for s in plan.spans]
+    with av.open(str(result.outputs[0])) as c:
+        assert c.metadata.get("title") == "A title"
+        assert [s.metadata.get("language") for s in c.streams if s.type == "audio"] == ["fra"]
+        chapters = [(float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"]),
+                     ch["metadata"]["title"]) for ch in c.chapters()]
+    first = ends[0] - cut[0]  # the first range's length in the output
+    want = [(0.0, min(4, ends[0]) - cut[0], "part 1"),
+            (first + max(4, cut[1]) - cut[1], first + 8 - cut[1], "part 2"),
+            (first + 8 - cut[1], first + ends[1] - cut[1], "part 3")]
+    assert [t for *_, t in chapters] == ["part 1", "part 2", "part 3"]
+    for (a, b, _), (wa, wb, _) in zip(chapters, want):
+        assert abs(a - wa) < 2e-3 and abs(b - wb) < 2e-3, (chapters, want)
+    # A piece holds only the chapters it keeps time of.
+    pieces = remux.cut_video(index, [TimeRange(F(9), F(11))], tmp_path / "p", pieces=True)
+    with av.open(str(pieces.outputs[0])) as c:
+        assert [ch["metadata"]["title"] for ch in c.chapters()] == ["part 3"]

@@ -16,7 +16,9 @@ Two passes over the source, both with PyAV (FFmpeg's libraries, no ffmpeg CLI):
      source time lands nearest to the clock, so every packet is within half a packet (about
      11 ms for AAC at 48 kHz) of its place relative to the video, with no drift across ranges.
    - subtitles: the packets that start inside a range, shifted with it.
-3. `write_edit` demuxes again and muxes the planned packets, writing through `atomic_path`.
+3. `write_edit` demuxes again and muxes the planned packets, writing through `atomic_path`,
+   with the source's tags, its chapters mapped onto the output's timeline, and its start
+   timecode moved to the output's first frame.
 
 Planned times are seconds from the first video frame (what the classifier's sample times are).
 """
@@ -518,6 +520,9 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
                                   f"into {tmp.suffix}; left out")
                 continue
             out_streams[i] = out.add_stream_from_template(s)
+            _copy_metadata(s.metadata, out_streams[i].metadata)
+        _copy_metadata(src.metadata, out.metadata)
+        _set_chapters(plan, src, out)
         items = [it for span in plan.spans for it in span.items]
         vtimes = iter(plan.video_out)
         vstream = out_streams[vidx]
@@ -581,6 +586,42 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
         flush_encoded()
     if encoder is not None:
         encoder.close()
+
+
+# What a muxer writes of its own (brands, the writing library): not copied from the source.
+_MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder"}
+
+
+def _copy_metadata(src: dict, dest: dict) -> None:
+    """Tags carry over as `ffmpeg -c copy` carries them: title, language, creation time..."""
+    for key, value in src.items():
+        if key.lower() not in _MUXER_KEYS:
+            dest[key] = value
+
+
+def _set_chapters(plan: EditPlan, src: av.container.InputContainer,
+                  out: av.container.OutputContainer) -> None:
+    """Each chapter that keeps some of its time, on the output's timeline: from where its
+    first kept moment lands to where its last one does (the kept ranges are laid end to end,
+    so that is one stretch), in video ticks."""
+    tb = plan.index.video.time_base
+    spans, kept = plan.spans, []
+    starts = [0]
+    for span in spans:
+        starts.append(starts[-1] + span.end - span.start)
+    for ch in src.chapters():
+        a, b = ch["start"] * ch["time_base"] / tb, ch["end"] * ch["time_base"] / tb
+        pieces = [(o + max(a, sp.start) - sp.start, o + min(b, sp.end) - sp.start)
+                  for sp, o in zip(spans, starts) if min(b, sp.end) > max(a, sp.start)]
+        if pieces:
+            kept.append({"id": len(kept) + 1, "start": round(pieces[0][0]),
+                         "end": round(pieces[-1][1]), "time_base": tb,
+                         "metadata": dict(ch["metadata"])})
+    if kept:
+        out.set_chapters(kept)
+    if src.chapters():
+        plan.notes.append(f"chapters: {len(kept)} of {len(src.chapters())} kept, moved to "
+                          "the output's times")
 
 
 def _set_timecode(plan: EditPlan, vstream: av.stream.Stream) -> None:
