@@ -209,6 +209,18 @@ def test_a_change_early_in_a_long_gop_stops_decoding_there(tmp_path: Path, colou
     assert times.samples < 3 + 4 + 7
 
 
+def test_a_two_second_stretch_between_sample_times_is_walked(tmp_path: Path, colours) -> None:
+    # Keyframes every 2.5 s (10 fps), so none but the first is at a sample time and the GOP
+    # from 2.5 s holds two samples to refine, 3 and 4 s (GOPs of 29.97 fps video are like
+    # this). Red turns blue at 3 s: the walk stops at 3 s, and 4 s is never decoded.
+    pattern = ["red"] * 3 + ["blue"] * 9
+    video = fixed_gop_video(tmp_path / "offset.mp4", pattern, 10, 25)
+    adaptive, times = run(video, colours, "adaptive")
+    assert labels_of(adaptive) == pattern
+    assert times.extra["walked_stretches"] == 1
+    assert times.extra["slots_held_after_walks"] == 1
+
+
 def test_the_last_gop_is_decoded_in_pass_one_not_refined(tmp_path: Path, colours) -> None:
     # Keyframes at 0, 4, 8 s (10 fps); the class changes inside the last GOP, at 10 s.
     pattern = ["red"] * 10 + ["blue"] * 2
