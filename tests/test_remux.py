@@ -540,3 +540,29 @@ def test_tags_and_chapters_carry_over(sources: dict[str, Path], tmp_path: Path,
     pieces = remux.cut_video(index, [TimeRange(F(9), F(11))], tmp_path / "p", pieces=True)
     with av.open(str(pieces.outputs[0])) as c:
         assert [ch["metadata"]["title"] for ch in c.chapters()] == ["part 3"]
+
+
+def test_an_mxf_start_timecode_moves_too(tmp_path: Path) -> None:
+    """MXF keeps its timecode on the container, where the muxer looks first: a copied one
+    would win over the moved one."""
+    import av
+    import numpy as np
+
+    src = tmp_path / "t.mxf"
+    with av.open(str(src), "w") as out:
+        out.metadata["timecode"] = "10:00:00:00"
+        vs = out.add_stream("mpeg2video", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 160, 64, "yuv420p"
+        vs.codec_context.gop_size = 10
+        for i in range(50):
+            rgb = np.zeros((64, 160, 3), np.uint8)
+            V.draw_code(rgb, i)
+            for p in vs.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+    assert _timecodes(src) == {"10:00:00:00"}
+    result = remux.cut_video(remux.index_media(src), [TimeRange(F(1), F(2))], tmp_path / "o")
+    first = V.read_frame_codes(result.outputs[0])[0]
+    assert first > 0
+    assert _timecodes(result.outputs[0]) == {f"10:00:00:{first:02d}"}

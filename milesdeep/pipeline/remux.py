@@ -588,8 +588,10 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
         encoder.close()
 
 
-# What a muxer writes of its own (brands, the writing library): not copied from the source.
-_MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder"}
+# Not copied from the source: what a muxer writes of its own (brands, the writing library),
+# and the start timecode, which `_set_timecode` moves to the output's start (a container-level
+# one, as MXF has, would otherwise win over it in the MOV and MXF muxers).
+_MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "timecode"}
 
 
 def _copy_metadata(src: dict, dest: dict) -> None:
@@ -626,11 +628,8 @@ def _set_chapters(plan: EditPlan, src: av.container.InputContainer,
 
 def _set_timecode(plan: EditPlan, vstream: av.stream.Stream) -> None:
     """The output starts some frames into the source, and so does its start timecode: FFmpeg's
-    MOV/MP4 muxer writes it as a tmcd track, Matroska's as a tag. (A timecode copied with the
-    stream's metadata would claim the source's start.)"""
+    MOV/MP4 muxer writes it as a tmcd track, Matroska's as a tag, MXF's in its header."""
     meta = vstream.metadata
-    for key in [k for k in meta if k.lower() == "timecode"]:
-        del meta[key]
     index = plan.index
     if index.timecode is None or not plan.spans or not index.sorted_pts:
         return
