@@ -99,6 +99,18 @@ def _open(path: Path) -> av.container.InputContainer:
         raise MilesDeepError(f"cannot read the video ({e})", path) from None
 
 
+def _rewritten(container: av.container.InputContainer, s: av.stream.Stream,
+               tc: str | None) -> bool:
+    """A data stream the output gets anew from what is carried: a tmcd track (the moved
+    timecode) or a MOV/MP4 chapter text track (FFmpeg reads the chapters from it, and marks
+    it discarded; the chapters are carried)."""
+    if s.type != "data":
+        return False
+    if tc is not None and s.metadata.get("timecode") == tc:
+        return True
+    return s.discard == av.stream.Discard.all and bool(container.chapters())
+
+
 def index_media(path: Path) -> MediaIndex:
     """Scan every packet once (no decoding) and index the streams an edit carries."""
     path = Path(path)
@@ -115,8 +127,8 @@ def index_media(path: Path) -> MediaIndex:
             if s is video or (s.type in ("audio", "subtitle")):
                 codec = s.codec_context.name if s.codec_context else str(s.type)
                 carried[s.index] = StreamIndex(s.index, s.type, codec, s.time_base)
-            elif not (tc and s.type == "data" and s.metadata.get("timecode") == tc):
-                skipped.append(f"stream {s.index} ({s.type})")  # a tmcd track is rewritten
+            elif not _rewritten(c, s, tc):
+                skipped.append(f"stream {s.index} ({s.type})")
         alone = keyframe_decodable(video.codec_context.name, video.codec_context.extradata)
         try:
             for packet in c.demux([c.streams[i] for i in carried]):
