@@ -193,6 +193,23 @@ def test_output_dir_given_a_file_name_is_refused(video: Path, csv: Path, given: 
     assert "v.cut.mp4" in names(target)
 
 
+def test_a_tenth_piece_whose_name_is_too_long_fails_before_any_piece(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`<stem>.cut.1.mp4` fits the file system (checked before any work); `<stem>.cut.10.mp4`
+    does not, which only the plan shows: the file fails with one line, and no piece is
+    written."""
+    stem = "p" * 245  # .cut.1.mp4 makes 255 bytes, .cut.10.mp4 256
+    video = V.flash_beep_video(tmp_path / f"{stem}.mp4", seconds=30, fps=10, gop=10)
+    csv = predictions_csv(tmp_path / "p.csv", "abb" * 10)  # ten cuts of b
+    out = tmp_path / "out"
+    assert edit(video, "--from-predictions", csv, "-t", "b", "-u", "0", "-g", "0", "-c",
+                "-o", out) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {video}: the output name "), err
+    assert "would be 256 bytes" in err[0] and "rename the video shorter" in err[0]
+    assert not (out / f"{stem}.cut").exists()
+
+
 def test_bad_input_with_a_model_is_one_line(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """The backend is said once a file has run, so a bad input gives only its error."""

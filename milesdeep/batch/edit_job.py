@@ -21,6 +21,7 @@ from milesdeep.batch.job import FileWork, ModelJob, Progress, readahead
 from milesdeep.batch.state import StateBook
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
+from milesdeep.pipeline.atomic import too_long_name
 from milesdeep.pipeline.planner import PlanParams
 from milesdeep.pipeline.run import RunOptions
 
@@ -288,6 +289,10 @@ class EditJob(ModelJob):
         else:
             n = len(ranges) if self.pieces else 1
             outputs = remux.output_paths(index, out_dir, n, self.pieces)
+            # The run checked the first piece's name; the tenth has a digit more.
+            long = next(filter(None, (too_long_name(o, out_dir) for o in outputs)), None)
+            if long is not None:
+                raise MilesDeepError(long, path)
             self._claim(path, outputs)
             result = remux.cut_video(index, ranges, out_dir, precise=self.precise,
                                      pieces=self.pieces, overwrite=True)

@@ -35,6 +35,7 @@ from rich.table import Table
 from milesdeep.batch.job import BatchJob, FileWork, Progress
 from milesdeep.batch.state import FileKey, StateBook, options_hash
 from milesdeep.errors import MilesDeepError
+from milesdeep.pipeline.atomic import too_long_name
 
 Status = Literal["done", "skipped", "failed"]
 
@@ -117,32 +118,6 @@ def _stat(path: Path) -> os.stat_result | None:
         return os.stat(path)
     except (OSError, ValueError):
         return None
-
-
-def _name_max(directory: Path) -> int:
-    """The longest file name (bytes) the file system of `directory`, or of the nearest folder
-    above it that exists, takes."""
-    for d in (directory, *directory.parents):
-        with contextlib.suppress(OSError, ValueError):
-            if d.is_dir():
-                return int(os.pathconf(d, "PC_NAME_MAX"))
-    return 255
-
-
-def too_long_name(output: Path, base: Path) -> str | None:
-    """Why an output cannot be written under `base` (its output folder) because a name in it
-    is too long, or None: checked before any work, not found when the file is written."""
-    limit = _name_max(base)
-    try:
-        parts = output.relative_to(base).parts
-    except ValueError:
-        parts = (output.name,)
-    for part in parts:
-        n = len(os.fsencode(part))
-        if n > limit:
-            return (f"the output name {part[:24]}…{part[-24:]} would be {n} bytes, more than "
-                    f"the file system takes ({limit}); rename the video shorter")
-    return None
 
 
 @contextlib.contextmanager

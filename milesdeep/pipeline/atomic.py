@@ -27,6 +27,32 @@ def check_writable_dir(directory: Path) -> None:
                              directory)
 
 
+def _name_max(directory: Path) -> int:
+    """The longest file name (bytes) the file system of `directory`, or of the nearest folder
+    above it that exists, takes."""
+    for d in (directory, *directory.parents):
+        with contextlib.suppress(OSError, ValueError):
+            if d.is_dir():
+                return int(os.pathconf(d, "PC_NAME_MAX"))
+    return 255
+
+
+def too_long_name(output: Path, base: Path) -> str | None:
+    """Why an output cannot be written under `base` (its output folder) because a name in it
+    is too long, or None: checked before any work, not found when the file is written."""
+    limit = _name_max(base)
+    try:
+        parts = output.relative_to(base).parts
+    except ValueError:
+        parts = (output.name,)
+    for part in parts:
+        n = len(os.fsencode(part))
+        if n > limit:
+            return (f"the output name {part[:24]}…{part[-24:]} would be {n} bytes, more than "
+                    f"the file system takes ({limit}); rename the video shorter")
+    return None
+
+
 def _create(path: Path) -> None:
     """Create `path`, empty, failing if it exists; mode from the umask, as outputs get."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
