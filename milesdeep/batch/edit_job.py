@@ -290,7 +290,7 @@ class EditJob(ModelJob):
             n = len(ranges) if self.pieces else 1
             outputs = remux.output_paths(index, out_dir, n, self.pieces)
             # The run checked the first piece's name; the tenth has a digit more.
-            long = next(filter(None, (too_long_name(o, out_dir) for o in outputs)), None)
+            long = too_long_name(outputs, out_dir)
             if long is not None:
                 raise MilesDeepError(long, path)
             self._claim(path, outputs)

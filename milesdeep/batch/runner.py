@@ -243,7 +243,8 @@ class BatchRunner:
             if os.path.abspath(p) in outputs_of_run:
                 continue  # an output of this very run found by walking a folder
             clash = None
-            for f in self.job.output_paths(p):
+            outputs = self.job.output_paths(p)
+            for f in outputs:
                 other = owner.setdefault(os.path.abspath(f), p)
                 if other != p:
                     clash = other
@@ -252,9 +253,7 @@ class BatchRunner:
                     f"its outputs would overwrite those of {one_line(str(clash))} (same name, "
                     "same output folder); process it separately or with another -o", p)))
                 continue
-            base = self.job.output_dir(p)
-            long = next(filter(None, (too_long_name(f, base) for f in self.job.output_paths(p))),
-                        None)
+            long = too_long_name(outputs, self.job.output_dir(p))
             if long is not None:
                 known[p] = FileOutcome(p, "failed", str(MilesDeepError(long, p)))
                 continue

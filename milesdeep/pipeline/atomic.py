@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from milesdeep.errors import MilesDeepError
@@ -37,19 +37,20 @@ def _name_max(directory: Path) -> int:
     return 255
 
 
-def too_long_name(output: Path, base: Path) -> str | None:
-    """Why an output cannot be written under `base` (its output folder) because a name in it
-    is too long, or None: checked before any work, not found when the file is written."""
+def too_long_name(outputs: Iterable[Path], base: Path) -> str | None:
+    """Why some output cannot be written under `base` (its output folder) because a name in
+    it is too long, or None: checked before any work, not found when the file is written."""
     limit = _name_max(base)
-    try:
-        parts = output.relative_to(base).parts
-    except ValueError:
-        parts = (output.name,)
-    for part in parts:
-        n = len(os.fsencode(part))
-        if n > limit:
-            return (f"the output name {part[:24]}…{part[-24:]} would be {n} bytes, more than "
-                    f"the file system takes ({limit}); rename the video shorter")
+    for output in outputs:
+        try:
+            parts = output.relative_to(base).parts
+        except ValueError:
+            parts = (output.name,)
+        for part in parts:
+            n = len(os.fsencode(part))
+            if n > limit:
+                return (f"the output name {part[:24]}…{part[-24:]} would be {n} bytes, more "
+                        f"than the file system takes ({limit}); rename the video shorter")
     return None
 
 

@@ -623,7 +623,8 @@ def _set_chapters(plan: EditPlan, src: av.container.InputContainer,
     starts = [0]
     for span in spans:
         starts.append(starts[-1] + span.end - span.start)
-    for ch in src.chapters():
+    chapters = src.chapters()
+    for ch in chapters:
         a, b = ch["start"] * ch["time_base"] / tb, ch["end"] * ch["time_base"] / tb
         pieces = [(o + max(a, sp.start) - sp.start, o + min(b, sp.end) - sp.start)
                   for sp, o in zip(spans, starts) if min(b, sp.end) > max(a, sp.start)]
@@ -633,8 +634,8 @@ def _set_chapters(plan: EditPlan, src: av.container.InputContainer,
                          "metadata": dict(ch["metadata"])})
     if kept:
         out.set_chapters(kept)
-    if src.chapters():
-        plan.notes.append(f"chapters: {len(kept)} of {len(src.chapters())} kept, moved to "
+    if chapters:
+        plan.notes.append(f"chapters: {len(kept)} of {len(chapters)} kept, moved to "
                           "the output's times")
 
 
