@@ -261,3 +261,60 @@ def test_a_video_that_starts_late_is_cut_at_its_classes(tmp_path: Path, name: st
         assert all(red)
     else:  # FFmpeg's AVI muxer puts every frame 0.1 s late: the last 0.9 s are gray
         assert red == [True] * 51 + [False] * 9
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """The MP4's top-level box types, in file order."""
+    data, i, out = path.read_bytes(), 0, []
+    while i + 8 <= len(data):
+        size = int.from_bytes(data[i:i + 4], "big")
+        kind = data[i + 4:i + 8].decode("latin-1")
+        if size == 1:  # 64-bit size follows the type
+            size = int.from_bytes(data[i + 8:i + 16], "big")
+        out.append(kind)
+        if size < 8:
+            break
+        i += size
+    return out
+
+
+def test_faststart_puts_the_index_first_and_changes_no_picture(video: Path, csv: Path,
+                                                               tmp_path: Path) -> None:
+    assert edit(video, "--from-predictions", csv, "-t", "b", "-o", tmp_path / "plain") == 0
+    assert edit(video, "--from-predictions", csv, "-t", "b", "-o", tmp_path / "fast",
+                "--faststart") == 0
+    plain, fast = tmp_path / "plain" / "v.cut.mp4", tmp_path / "fast" / "v.cut.mp4"
+    boxes = top_level_boxes(plain)
+    assert boxes.index("moov") > boxes.index("mdat")  # FFmpeg's default: the index last
+    boxes = top_level_boxes(fast)
+    assert boxes.index("moov") < boxes.index("mdat")
+    assert V.read_frame_codes(fast) == V.read_frame_codes(plain)
+    assert V.stream_durations(fast) == V.stream_durations(plain)
+
+
+def test_faststart_leaves_matroska_as_it_is(master: Path, csv: Path, tmp_path: Path) -> None:
+    mkv = V.flash_beep_video(tmp_path / "v.mkv", seconds=12, fps=FPS)
+    assert edit(mkv, "--from-predictions", csv, "-t", "b", "-o", tmp_path / "plain") == 0
+    assert edit(mkv, "--from-predictions", csv, "-t", "b", "-o", tmp_path / "fast",
+                "--faststart") == 0
+    assert (tmp_path / "fast" / "v.cut.mkv").read_bytes() == \
+        (tmp_path / "plain" / "v.cut.mkv").read_bytes()
+
+
+def test_faststart_with_export_is_refused(video: Path, csv: Path, capsys) -> None:
+    assert edit(video, "--from-predictions", csv, "-t", "b", "--export", "otio",
+                "--faststart") != 0
+    err = capsys.readouterr().err
+    assert "writes a timeline" in err and "--faststart" in err
+    assert not video.with_name("v.cut.otio").exists()
+
+
+def test_a_rerun_with_faststart_is_not_skipped_as_done(video: Path, csv: Path,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert edit(video, "--from-predictions", csv, "-t", "b", "-o", out) == 0
+    boxes = top_level_boxes(out / "v.cut.mp4")
+    assert boxes.index("moov") > boxes.index("mdat")
+    assert edit(video, "--from-predictions", csv, "-t", "b", "-o", out, "--faststart") == 0
+    boxes = top_level_boxes(out / "v.cut.mp4")
+    assert boxes.index("moov") < boxes.index("mdat")

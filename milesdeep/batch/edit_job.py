@@ -100,6 +100,7 @@ class EditJob(ModelJob):
     out_dir: Path | None = None
     single: bool = False  # one video: no state row for "no cuts", so nothing at all is written
     threads: int = 0  # ONNX Runtime threads (0: every core)
+    faststart: bool = False  # MP4/MOV outputs get their index (moov) at the front
     say: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
     command = "edit"
     _runner: Any = field(default=None, repr=False, compare=False)
@@ -146,6 +147,8 @@ class EditJob(ModelJob):
             "targets": self.targets, "all_but_other": self.all_but_other,
             "remove": self.remove, "pieces": self.pieces, "margin": self.margin,
             "precise": self.precise, "export": self.export, "plan": asdict(self.params)}
+        if self.faststart:  # only when set: earlier runs' records stay valid
+            opts["faststart"] = True
         if self.predictions is None:
             opts.update(rate=self.run_options.rate, sampling=self.run_options.sampling,
                         adaptive_margin=getattr(self.run_options, "adaptive_margin", None),
@@ -295,7 +298,8 @@ class EditJob(ModelJob):
                 raise MilesDeepError(long, path)
             self._claim(path, outputs)
             result = remux.cut_video(index, ranges, out_dir, precise=self.precise,
-                                     pieces=self.pieces, overwrite=True)
+                                     pieces=self.pieces, overwrite=True,
+                                     faststart=self.faststart)
             outputs = list(result.outputs)
             if self.pieces:
                 self._drop_stale_pieces(path, outputs)

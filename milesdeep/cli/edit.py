@@ -122,6 +122,10 @@ def edit(
     precise: Annotated[bool, typer.Option("--precise", help="Frame-accurate cuts: re-encode "
                                           "only the partial GOPs at boundaries (H.264)")
                        ] = False,
+    faststart: Annotated[bool, typer.Option("--faststart", help="MP4/MOV outputs: put the "
+                                            "index (moov) at the front, so players and web "
+                                            "servers can start before reading the whole file "
+                                            "(rewrites each output once)")] = False,
     from_predictions: Annotated[Path | None, typer.Option(
         "--from-predictions", help="Plan from saved predictions instead of running the "
         "network: a predictions CSV (one video), or a folder holding `<stem>.predictions.csv` "
@@ -159,8 +163,9 @@ def edit(
 
     if export is not None and export not in EXPORTS:
         raise MilesDeepError(f"--export {export!r} is not one of: {', '.join(EXPORTS)}")
-    if export is not None and (pieces or precise):
-        raise MilesDeepError("--export writes a timeline, not a video: drop -c / --precise")
+    if export is not None and (pieces or precise or faststart):
+        raise MilesDeepError("--export writes a timeline, not a video: drop -c / --precise / "
+                             "--faststart")
     if export is not None:
         from milesdeep.pipeline.export import adapter_for
 
@@ -175,7 +180,8 @@ def edit(
     backend_line = ""  # which backend runs the network, said after the first file
     params = PlanParams(min_cut, max_gap, min_score, min_coverage)
     job = EditJob(None, targets, all_but_other, remove, pieces, margin, precise, export,
-                  overwrite, params, out_dir=output_dir, single=len(paths) == 1)
+                  overwrite, params, out_dir=output_dir, single=len(paths) == 1,
+                  faststart=faststart)
     if from_predictions is not None:
         if not from_predictions.is_dir():
             if not from_predictions.is_file():

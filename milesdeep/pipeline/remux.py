@@ -503,27 +503,37 @@ def _mux(output: av.container.OutputContainer, packet: av.Packet) -> None:
 
 
 def write_edit(plan: EditPlan, dest: Path, overwrite: bool = False,
-               on_progress: Callable[[float], None] | None = None) -> Path:
-    """Mux the planned packets into `dest` (temporary name, renamed when complete)."""
+               on_progress: Callable[[float], None] | None = None,
+               faststart: bool = False) -> Path:
+    """Mux the planned packets into `dest` (temporary name, renamed when complete); with
+    `faststart`, an MP4/MOV gets its index (moov) at the front (`FASTSTART_SUFFIXES`)."""
     index = plan.index
     with atomic_path(dest, overwrite=overwrite) as tmp, _open(index.path) as src:
         try:
-            _write(plan, src, tmp, on_progress)
+            _write(plan, src, tmp, on_progress, faststart)
         except av.error.FFmpegError as e:
             raise MilesDeepError(f"cannot write the cut ({e})", dest) from None
     return Path(dest)
 
 
+# The MOV-family muxers (FFmpeg's mov, mp4, ipod, 3gp) that take movflags.
+FASTSTART_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".3g2"})
+
+
 def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
-           on_progress: Callable[[float], None] | None) -> None:
+           on_progress: Callable[[float], None] | None, faststart: bool = False) -> None:
     index = plan.index
     vidx = index.video.index
     carried = [vidx] + [i for i, p in plan.others.items() if p]
     encoder = smartcut.SegmentEncoder(index.path, vidx) if plan.precise else None
     avcc = smartcut.parse_avcc(src.streams[vidx].codec_context.extradata)
     # bitexact: no random IDs or dates in the header (Matroska), so a rerun gives the same bytes.
-    with av.open(str(tmp), "w", format=_format_for(tmp),
-                 container_options={"fflags": "+bitexact"}) as out:
+    options = {"fflags": "+bitexact"}
+    if faststart and tmp.suffix.lower() in FASTSTART_SUFFIXES:
+        # The muxer writes the moov last, then moves it ahead of the media: players and web
+        # servers can start before reading the whole file, at the cost of rewriting it once.
+        options["movflags"] = "+faststart"
+    with av.open(str(tmp), "w", format=_format_for(tmp), container_options=options) as out:
         out_streams: dict[int, av.stream.Stream] = {}
         for i in carried:
             s = src.streams[i]
@@ -705,7 +715,7 @@ def output_paths(index: MediaIndex, out_dir: Path, n_ranges: int, pieces: bool) 
 
 def cut_video(index: MediaIndex, ranges: Sequence[TimeRange], out_dir: Path,
               precise: bool = False, pieces: bool = False,
-              overwrite: bool = False) -> CutResult:
+              overwrite: bool = False, faststart: bool = False) -> CutResult:
     """Write the kept `ranges` of the indexed video into `out_dir` as one file, or one file per
     range with `pieces`. Nothing is written at any final path if one of them already exists
     (without `overwrite`); each file appears only when complete."""
@@ -721,9 +731,9 @@ def cut_video(index: MediaIndex, ranges: Sequence[TimeRange], out_dir: Path,
         plans = [plan_edit(index, groups[0], precise)]
     for n, (plan, path) in enumerate(zip(plans, paths)):
         try:
-            write_edit(plan, path, overwrite=overwrite)
+            write_edit(plan, path, overwrite=overwrite, faststart=faststart)
         except smartcut.SmartCutError as e:
             plans[n] = plan_edit(index, groups[n], precise=False)
             plans[n].notes.append(f"--precise failed ({e}); cut at keyframes instead")
-            write_edit(plans[n], path, overwrite=overwrite)
+            write_edit(plans[n], path, overwrite=overwrite, faststart=faststart)
     return CutResult(paths, plans)
