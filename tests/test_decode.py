@@ -181,6 +181,62 @@ def test_probe_without_decoding_reads_what_a_full_probe_does(tmp_path: Path, fmt
     assert probe(path) == full
 
 
+def video_inside_audio(path: Path, fmt: str, bframes: int) -> Path:
+    """50 pictures at 25 fps from 0.48 s (to 2.48 s), beside silent AAC from 0 to 3 s."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
+        vs.options = {"bf": str(bframes)}
+        audio = out.add_stream("aac", rate=48000, layout="mono")
+        for start in range(0, 3 * 48000, 1024):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                           layout="mono")
+            f.sample_rate, f.pts, f.time_base = 48000, start, Fraction(1, 48000)
+            for p in audio.encode(f):
+                out.mux(p)
+        for p in audio.encode():
+            out.mux(p)
+        for k in range(50):
+            f = av.VideoFrame.from_ndarray(solid((5 * k, 100, 50), 64, 96), format="rgb24")
+            f.pts = 12 + k
+            for p in vs.encode(f):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("bframes", [0, 3])
+@pytest.mark.parametrize("fmt", ["matroska", "nut", "flv", "mp4", "mpegts"])
+def test_a_video_inside_longer_audio_starts_and_ends_with_its_pictures(
+        tmp_path: Path, fmt: str, bframes: int) -> None:
+    """FFmpeg lends a stream whose start or length it did not find the file's: the audio's 0
+    and 3 s. Matroska and NUT H.264 opened without decoding said the video starts at 0, so
+    every cut landed 0.48 s early and snapped a GOP back; Matroska, NUT and FLV said it lasts
+    until the audio ends, one sample too many."""
+    import av
+
+    from milesdeep.pipeline import remux
+    from milesdeep.pipeline.decode import _info, open_video
+
+    path = video_inside_audio(tmp_path / f"v.{fmt}", fmt, bframes)
+    with av.open(str(path)) as c:  # the pictures' own times, from every packet
+        vs = c.streams.video[0]
+        times = sorted(p.pts for p in c.demux(vs) if p.pts is not None and p.size)
+        first, last = float(times[0] * vs.time_base), float(times[-1] * vs.time_base)
+    assert last - first == pytest.approx(49 / 25, abs=1e-3)
+    info = probe(path)
+    assert info.start == pytest.approx(first, abs=1e-6)
+    assert info.duration == pytest.approx(2.0, abs=1e-3)
+    with open_video(path) as container:
+        assert _info(path, container) == info  # as a full probe reads it
+    index = remux.index_media(path)
+    assert float(index.start * index.video.time_base) == pytest.approx(first, abs=1e-6)
+    assert len(list(PyAVSource(path, rate=1.0))) == 2
+
+
 def late_matroska(path: Path, bframes: int = 3) -> Path:
     """3 s of 25 fps video whose first picture is at 7.3 s, in Matroska as FFmpeg writes it:
     its Duration element says about 10.3 s, the end, not the length."""

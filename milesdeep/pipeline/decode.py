@@ -149,32 +149,60 @@ def probe(path: Path) -> VideoInfo:
     return info
 
 
-def _first_pts(container, vs, packets: int = 64) -> int | None:
-    """The smallest timestamp among the stream's first packets (read, not decoded): its
-    start, reordered pictures included."""
+def _first_times(container, vs, packets: int = 64) -> tuple[int | None, int | None]:
+    """The smallest presentation time among the stream's first packets (read, not decoded),
+    its start, reordered pictures included; and the smallest of their presentation and decode
+    times. (None, None) if there are none."""
     import av
 
     try:
-        seen = [p.pts for p, _ in zip(container.demux(vs), range(packets))
+        seen = [(p.pts, p.pts if p.dts is None else min(p.pts, p.dts))
+                for p, _ in zip(container.demux(vs), range(packets))
                 if p.pts is not None and p.size]
     except (av.FFmpegError, OSError):
-        return None
-    return min(seen) if seen else None
+        return None, None
+    if not seen:
+        return None, None
+    return min(t for t, _ in seen), min(t for _, t in seen)
+
+
+def _lent(container, vs, value: int | None, file_value: int | None) -> bool:
+    """Might the stream's start or duration (`value`, in its time base) be the file's
+    (`file_value`, microseconds), lent to it? FFmpeg gives a stream whose start or length it
+    did not find (H.264 in Matroska or NUT opened without decoding, any Matroska stream's
+    length) the file's: the earliest start of any stream, an audio track's 0 where the video
+    starts at 0.48 s; the end of the one that ends last. The stream's own packets tell."""
+    if value is None or file_value is None or len(container.streams) < 2:
+        return False
+    # Within a tick: the file's microseconds rounded to the stream's time base.
+    tick = max(float(vs.time_base), 1e-6)
+    return abs(float(value * vs.time_base) - file_value / 1_000_000) <= tick + 1e-6
 
 
 def _info(path: Path, container) -> VideoInfo:
     vs = main_video(container)
     cc = vs.codec_context
-    first = vs.start_time if vs.start_time is not None else _first_pts(container, vs)
+    first = vs.start_time
+    if first is None or _lent(container, vs, first, container.start_time):
+        pts, earliest = _first_times(container, vs)
+        # A lent start is the stream's own if any of its packets reaches back to it: an MP4
+        # edit list leaves pictures before the start with earlier times (decoded only as
+        # references), an AVI counts its first picture's decode time as 0.
+        if first is None or (earliest is not None and earliest > first):
+            first = pts
     start = _seconds(first, vs.time_base) or 0.0
-    duration = _seconds(vs.duration, vs.time_base)
+    own = None if _lent(container, vs, vs.duration, container.duration) else vs.duration
+    duration = _seconds(own, vs.time_base)
     if not duration and container.duration:
         duration = container.duration / 1_000_000 - max(
             0.0, start - (container.start_time or 0) / 1_000_000
         )
-    if start > 0 and container.format.name.startswith("matroska"):
-        # A Matroska file that starts late says nothing sure about its length: FFmpeg writes
-        # the end time as its Duration, mkvmerge the length. The last packets tell.
+    if (not own and len(container.streams) > 1) or (
+            start > 0 and container.format.name.startswith("matroska")):
+        # Without a length of its own (Matroska, NUT, FLV) the video has the file's: the end
+        # of whichever stream ends last (audio often runs on). And a Matroska file that starts
+        # late says nothing sure: FFmpeg writes the end time as its Duration, mkvmerge the
+        # length. The last packets tell.
         end = _video_end(container, vs, start + (duration or 0.0))
         if end is not None and end > start:
             duration = end - start
@@ -205,18 +233,23 @@ def _video_end(container, vs, latest: float) -> float | None:
     the last keyframe before `latest` seconds on; None if the file cannot be read that way."""
     import av
 
-    try:
-        container.seek(int(latest * 1_000_000), backward=True)  # no stream: microseconds
-        end = None
-        rate = vs.average_rate or vs.guessed_rate
-        for p in container.demux(vs):
-            if p.pts is None or not p.size:
-                continue
-            step = p.duration or (round(1 / (rate * vs.time_base)) if rate else 0)
-            end = max(end or 0.0, float((p.pts + step) * vs.time_base))
-        return end
-    except (av.FFmpegError, OSError, ZeroDivisionError):
-        return None
+    rate = vs.average_rate or vs.guessed_rate
+    # A seek past the last video keyframe can land at the end of the file (FLV without an
+    # index): then from 1, 2, 4 ... seconds earlier.
+    for at in seek_steps(int(latest * 1_000_000), Fraction(1, 1_000_000)):
+        try:
+            seek_to(container, None, at)  # no stream: microseconds
+            end = None
+            for p in container.demux(vs):
+                if p.pts is None or not p.size:
+                    continue
+                step = p.duration or (round(1 / (rate * vs.time_base)) if rate else 0)
+                end = max(end or 0.0, float((p.pts + step) * vs.time_base))
+        except (av.FFmpegError, OSError, ZeroDivisionError):
+            return None
+        if end is not None:
+            return end
+    return None
 
 
 def _colour(frame) -> Colour:
