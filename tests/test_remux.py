@@ -134,6 +134,28 @@ def test_the_sync_check_catches_an_offset(tmp_path: Path) -> None:
     assert len(errors) == 4 and min(errors) > 1 / 25
 
 
+@pytest.mark.parametrize("audio", ["mp3", "pcm_s16le"])
+def test_an_avi_with_b_frames_keeps_its_sync(tmp_path: Path, audio: str) -> None:
+    """AVI stores no times, and FFmpeg moved the first decode time (below 0 with B-frames) up
+    to 0 in every stream, which AVI's audio cannot follow: each edit put the pictures another
+    frame (40 ms) late. The output keeps the source's offset, within half an audio packet."""
+    src = V.flash_beep_video(tmp_path / "v.avi", seconds=12, fps=25, gop=25,
+                             codecs=("mpeg4", audio))
+    before = _offsets(src)
+    assert max(before) - min(before) < 0.002  # one steady offset (a frame, as encoded)
+    out = remux.cut_video(remux.index_media(src), RANGES, tmp_path / "out").outputs[0]
+    after = _offsets(out)
+    assert len(after) >= 7
+    half_packet = (1152 if audio == "mp3" else 1024) / 48000 / 2  # as `encode_video` writes
+    assert max(abs(a - before[0]) for a in after) <= half_packet + 0.001
+
+
+def _offsets(path: Path) -> list[float]:
+    """Each beep's time minus its nearest flash's (signed)."""
+    flashes = V.flash_times(path)
+    return [b - min(flashes, key=lambda f: abs(b - f)) for b in V.beep_onsets(path)]
+
+
 @pytest.mark.parametrize("precise", [False, True], ids=["keyframes", "precise"])
 def test_remove_and_keep_cover_the_whole_video(sources: dict[str, Path], tmp_path: Path,
                                                precise: bool) -> None:

@@ -87,8 +87,9 @@ def encode_video(
         vs.width, vs.height = w, h
         vs.pix_fmt = "yuv420p"
         vs.codec_context.gop_size = gop
-        if vcodec == "libx264":
+        if vcodec in ("libx264", "mpeg4"):
             vs.codec_context.max_b_frames = bframes
+        if vcodec == "libx264":
             vs.options = {"crf": "18", "preset": "veryfast", "sc_threshold": "0",
                           "keyint_min": str(gop), "x264-params": "open-gop=0"}
         else:
@@ -114,10 +115,10 @@ def encode_video(
             pcm = np.asarray(audio, dtype=np.float32)
             for start in range(0, len(pcm), size):
                 chunk = pcm[start:start + size]
-                if fmt_name == "fltp":
-                    arr = chunk[None, :]
-                else:  # e.g. "flt" packed
-                    arr = chunk[None, :]
+                arr = chunk[None, :]  # mono: one row, planar or packed alike
+                if fmt_name.startswith(("s16", "s32")):  # libmp3lame takes s32p
+                    top = 32767 if fmt_name.startswith("s16") else 2**31 - 1
+                    arr = np.round(arr * top).astype(np.int16 if top == 32767 else np.int32)
                 frame = av.AudioFrame.from_ndarray(arr, format=fmt_name, layout="mono")
                 frame.sample_rate = SAMPLE_RATE
                 frame.pts = start

@@ -460,11 +460,20 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
     # Decode timestamps: the i-th smallest pts minus the largest reorder delay.
     ranked = sorted(video_out)
     delay = max((r - p for r, p in zip(ranked, video_out)), default=0)
-    pairs = [(p, r - delay) for p, r in zip(video_out, ranked)]
+    # AVI stores no times: a picture's is its place among the video frames, audio's its place
+    # in the audio. FFmpeg moves a first decode time below 0 up to 0 in every stream, which the
+    # audio cannot follow, so the pictures came `delay` late on each edit. There the output
+    # starts as the source does: `delay` of audio before the first picture.
+    lead = delay if output_extension(index).lower() == ".avi" else 0
+    pairs = [(p + lead, r - delay + lead) for p, r in zip(video_out, ranked)]
+    a_spans, a_outs = spans, outs
+    if lead and spans:
+        a_spans = [replace(spans[0], start=spans[0].start - lead), *spans[1:]]
+        a_outs = [outs[0], *(o + lead * index.video.time_base for o in outs[1:])]
     others: dict[int, dict[int, list[int]]] = {}
     for si in index.others:
         planner = _plan_subtitles if si.kind == "subtitle" else _plan_audio_like
-        others[si.index] = planner(si, index, spans, outs)
+        others[si.index] = planner(si, index, a_spans, a_outs)
     _chain_prepends(spans)
     return EditPlan(index, spans, precise, notes, pairs, others)
 
