@@ -63,7 +63,16 @@ def test_a_good_bundle_loads(tmp_path: Path) -> None:
     ('kind = "probabilities"', 'kind = "scores"', "output.kind = 'scores' is not one of"),
     ('kind = "probabilities"', 'knd = "logits"', "unknown key(s) in [output]: knd"),
     ('other_label = "other"', 'other_label = "others"', "other_label = 'others' is not among"),
-    ('scale = 1.0', 'scale = 0', "input.scale must be a non-zero number"),
+    ('scale = 1.0', 'scale = 0', "input.scale must be a finite non-zero number"),
+    # nan and inf ran to the end with every score nan (exit 0); true passed as 1.
+    ('scale = 1.0', 'scale = nan', "input.scale must be a finite non-zero number"),
+    ('scale = 1.0', 'scale = inf', "input.scale must be a finite non-zero number"),
+    ('scale = 1.0', 'scale = true', "input.scale must be a finite non-zero number"),
+    ('mean = [1.0, 2.0, 3.0]', 'mean = [nan, 2.0, 3.0]', "input.mean must be three finite"),
+    ('mean = [1.0, 2.0, 3.0]', 'mean = [true, false, true]', "input.mean must be three finite"),
+    ('size = [8, 6]', 'size = [true, true]', "input.size must be [height, width]"),
+    ('resize = "squash"', 'resize = "squash"\nresize_to = [9, 9]',
+     'input.resize_to is only used with resize = "resize-crop"'),
     ('name = "tiny"', 'name = "tiny', "cannot read the manifest"),
 ])
 def test_wrong_manifest_keys_are_named(tmp_path: Path, old: str, new: str, says: str) -> None:
@@ -78,7 +87,7 @@ def test_labels_must_match_the_outputs(tmp_path: Path) -> None:
     d = make_bundle(tmp_path / "b")
     (d / "labels.txt").write_text("a\nb\n")
     edit_manifest(d, 'other_label = "other"\n', "")
-    with pytest.raises(MilesDeepError, match="3 outputs but the labels file has 2 labels"):
+    with pytest.raises(MilesDeepError, match="3 scores per image .* the labels file has 2 labels"):
         load_bundle(d)
     (d / "labels.txt").write_text("a\nb\na\n")
     with pytest.raises(MilesDeepError, match="duplicate labels"):
@@ -101,6 +110,50 @@ def test_the_input_must_fit_the_manifest(tmp_path: Path) -> None:
     d = make_bundle(tmp_path / "notonnx")
     (d / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(MilesDeepError, match="not a readable ONNX model"):
+        load_bundle(d)
+
+
+def test_a_fixed_batch_model_takes_any_number_of_images(tmp_path: Path) -> None:
+    """A model exported with a fixed batch (4 here) failed on any other batch size: batches
+    are cut to it and the last padded, with the same scores as a model with a free batch."""
+    from milesdeep.pipeline.infer import OrtClassifier
+
+    free = OrtClassifier(load_bundle(make_bundle(tmp_path / "free")))
+    fixed = OrtClassifier(load_bundle(make_bundle(tmp_path / "fixed", in_shape=[4, 3, 8, 6])))
+    assert fixed.fixed_batch == 4 and free.fixed_batch is None
+    x = np.random.default_rng(1).normal(size=(9, 3, 8, 6)).astype(np.float32)
+    for n in (1, 4, 9):
+        np.testing.assert_allclose(fixed.infer(x[:n]), free.infer(x[:n]), rtol=1e-6)
+
+
+def test_a_conv_head_output_of_one_by_one_scores_fits_its_labels(tmp_path: Path) -> None:
+    """(N, C, 1, 1) from a convolutional head is C scores an image; it was refused as '1
+    outputs'."""
+    from milesdeep.pipeline.infer import OrtClassifier
+
+    d = make_bundle(tmp_path / "b")
+    model = onnx.load(str(d / "model.onnx"))
+    model.graph.node[-1].output[0] = "s"
+    shape = numpy_helper.from_array(np.array([-1, 3, 1, 1], np.int64), "shape")
+    model.graph.initializer.append(shape)
+    model.graph.node.append(helper.make_node("Reshape", ["s", "shape"], ["y"]))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                            ["N", 3, 1, 1]))
+    onnx.save(model, str(d / "model.onnx"))
+    probs = OrtClassifier(load_bundle(d)).infer(np.ones((2, 3, 8, 6), np.float32))
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1)
+    (d / "labels.txt").write_text("a\nb\nother\nd\n")
+    with pytest.raises(MilesDeepError, match=r"3 scores per image \(output \[3, 1, 1\]\)"):
+        load_bundle(d)
+
+
+def test_a_model_must_take_float_images(tmp_path: Path) -> None:
+    d = make_bundle(tmp_path / "b")
+    model = onnx.load(str(d / "model.onnx"))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    onnx.save(model, str(d / "model.onnx"))
+    with pytest.raises(MilesDeepError, match="the model input is uint8, but images are fed as"):
         load_bundle(d)
 
 

@@ -153,9 +153,10 @@ class TensorReader:
     Its length and range are counted in batches, so `CalibStridedMinMax` = 1 collects one batch
     at a time whatever the number of frames."""
 
-    def __init__(self, input_name: str, tensors: np.ndarray, batch: int) -> None:
+    def __init__(self, input_name: str, tensors: np.ndarray, batch: int,
+                 dtype: type = np.float32) -> None:
         self.input_name = input_name
-        self.batches = [np.ascontiguousarray(tensors[i: i + batch], dtype=np.float32)
+        self.batches = [np.ascontiguousarray(tensors[i: i + batch], dtype=dtype)
                         for i in range(0, len(tensors), batch)]
         self.set_range(0, len(self.batches))
 
@@ -182,11 +183,14 @@ def _input_name(model: Any) -> str:
     return names[0]
 
 
-def _input_shape(model: Any) -> list[int | None]:
+def _input(model: Any) -> Any:
     inits = {i.name for i in model.graph.initializer}
-    vi = next(i for i in model.graph.input if i.name not in inits)
+    return next(i for i in model.graph.input if i.name not in inits)
+
+
+def _input_shape(model: Any) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None
-            for d in vi.type.tensor_type.shape.dim]
+            for d in _input(model).type.tensor_type.shape.dim]
 
 
 def make_int8(onnx_in: Path, onnx_out: Path, calibration_tensors: np.ndarray,
@@ -211,6 +215,15 @@ def make_int8(onnx_in: Path, onnx_out: Path, calibration_tensors: np.ndarray,
         raise MilesDeepError(f"calibration frames are {list(x.shape[1:])} but the model takes "
                              f"{want}", onnx_in)
     name = _input_name(model)
+    if not any(n.op_type in INT8_OP_TYPES for n in model.graph.node):
+        raise MilesDeepError(f"the model has no layer INT8 quantizes ({', '.join(INT8_OP_TYPES)})"
+                             "; use --precision fp16", onnx_in)
+    fixed = _input_shape(model)[0]
+    if fixed:  # a fixed batch: whole batches only, the last filled with frames from the start
+        batch = fixed
+        x = x[np.arange(-(-len(x) // fixed) * fixed) % len(x)]
+    half = _input(model).type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    reader = TensorReader(name, x, batch, np.float16 if half else np.float32)
     with tempfile.TemporaryDirectory(prefix="milesdeep-int8-") as tmp:
         upgraded_path = Path(tmp) / "opset.onnx"
         pre_path = Path(tmp) / "pre.onnx"
@@ -220,7 +233,7 @@ def make_int8(onnx_in: Path, onnx_out: Path, calibration_tensors: np.ndarray,
             with _quiet():
                 quant_pre_process(str(upgraded_path), str(pre_path))
                 quantize_static(
-                    str(pre_path), str(quant_path), TensorReader(name, x, batch),
+                    str(pre_path), str(quant_path), reader,
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(INT8_OP_TYPES),
                     per_channel=True,

@@ -22,6 +22,7 @@ order) and `model.toml`:
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -124,11 +125,17 @@ def file_sha256(path: Path) -> str:
     return _sha_cache[key]
 
 
+def _number(value: Any) -> bool:
+    """A finite TOML number (TOML's true and false are not numbers here, nor nan and inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
 def _pair(value: Any, key: str, where: Path) -> tuple[int, int]:
     if (
         not isinstance(value, list)
         or len(value) != 2
-        or not all(isinstance(v, int) and v > 0 for v in value)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     ):
         raise MilesDeepError(f"{key} must be [height, width] in positive integers", where)
     return (value[0], value[1])
@@ -160,6 +167,8 @@ def parse_input_spec(table: dict[str, Any], where: Path) -> InputSpec:
     size = _pair(table["size"], "input.size", where)
     resize = _choice(table, "resize", ("squash", "resize-crop"), "squash", where, "input.")
     resize_to = None
+    if resize != "resize-crop" and "resize_to" in table:
+        raise MilesDeepError('input.resize_to is only used with resize = "resize-crop"', where)
     if resize == "resize-crop":
         resize_to = _pair(table.get("resize_to", [256, 256]), "input.resize_to", where)
         if resize_to[0] < size[0] or resize_to[1] < size[1]:
@@ -168,12 +177,12 @@ def parse_input_spec(table: dict[str, Any], where: Path) -> InputSpec:
     if (
         not isinstance(mean, list)
         or len(mean) != 3
-        or not all(isinstance(m, (int, float)) for m in mean)
+        or not all(_number(m) for m in mean)
     ):
-        raise MilesDeepError("input.mean must be three numbers (0-255 units)", where)
+        raise MilesDeepError("input.mean must be three finite numbers (0-255 units)", where)
     scale = table.get("scale", 1.0)
-    if not isinstance(scale, (int, float)) or scale == 0:
-        raise MilesDeepError("input.scale must be a non-zero number", where)
+    if not _number(scale) or scale == 0:
+        raise MilesDeepError("input.scale must be a finite non-zero number", where)
     antialias = table.get("antialias", True)
     if not isinstance(antialias, bool):
         raise MilesDeepError("input.antialias must be true or false", where)
@@ -223,6 +232,11 @@ def check_onnx_io(onnx_path: Path, spec: InputSpec, n_labels: int, where: Path) 
         shape = value_info.type.tensor_type.shape
         return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
 
+    elem = inputs[0].type.tensor_type.elem_type
+    if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+        kind = onnx.TensorProto.DataType.Name(elem).lower()
+        raise MilesDeepError(f"the model input is {kind}, but images are fed as float32 or "
+                             "float16; export the model with a float input", onnx_path)
     in_dims = dims(inputs[0])
     if len(in_dims) != 4:
         raise MilesDeepError(
@@ -236,10 +250,12 @@ def check_onnx_io(onnx_path: Path, spec: InputSpec, n_labels: int, where: Path) 
                 f"{list(want)} (axis {axis}); fix input.size or input.layout in {MANIFEST}",
                 where,
             )
-    out_dims = dims(model.graph.output[0]) if model.graph.output else []
-    if out_dims and out_dims[-1] is not None and out_dims[-1] != n_labels:
+    # Scores per image: everything after the batch axis ((N, C) or a conv head's (N, C, 1, 1)).
+    per_image = dims(model.graph.output[0])[1:] if model.graph.output else []
+    if per_image and None not in per_image and math.prod(per_image) != n_labels:  # type: ignore[arg-type]
         raise MilesDeepError(
-            f"the model has {out_dims[-1]} outputs but the labels file has {n_labels} labels",
+            f"the model gives {math.prod(per_image)} scores per image (output "  # type: ignore[arg-type]
+            f"{per_image}) but the labels file has {n_labels} labels",
             where,
         )
 

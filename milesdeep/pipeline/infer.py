@@ -63,11 +63,23 @@ class OrtClassifier:
         self.output_name = self.session.get_outputs()[0].name
         in_type = self.session.get_inputs()[0].type
         self.input_dtype = np.float16 if "float16" in in_type else np.float32
+        # A model exported with a fixed batch takes exactly that many images a run: batches
+        # are cut to it and the last one padded (the padding's scores are dropped).
+        b0 = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = b0 if isinstance(b0, int) and b0 > 0 else None
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output_name], {self.input_name: x})
+        return np.asarray(out, dtype=np.float32).reshape(len(x), -1)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
-        out = np.asarray(out, dtype=np.float32).reshape(len(x), -1)
+        if self.fixed_batch is None or len(x) == 0:
+            out = self._run(x)
+        else:
+            n, size = len(x), self.fixed_batch
+            x = np.concatenate([x, np.zeros((-n % size, *x.shape[1:]), x.dtype)])
+            out = np.concatenate([self._run(x[s:s + size]) for s in range(0, len(x), size)])[:n]
         if out.shape[1] != len(self.labels):
             raise MilesDeepError(
                 f"the model gives {out.shape[1]} scores per image but there are "
