@@ -132,6 +132,15 @@ def test_bench_refuses_bad_requests(tmp_path: Path, bundle_dir: Path, capsys) ->
     assert "--sampling 'every'" in capsys.readouterr().err
     assert run_app(["bench", str(tmp_path / "missing.mp4")]) == 1
     assert "no such file" in capsys.readouterr().err
+    # --json naming a video wrote the figures over it (exit 0); nothing measured, no JSON.
+    before = video.read_bytes()
+    assert run_app(["bench", str(video), "--model", str(bundle_dir), "--json", str(video)]) == 1
+    assert "--json names one of the videos" in capsys.readouterr().err
+    assert video.read_bytes() == before
+    assert run_app(["bench", str(tmp_path / "missing.mp4"), "--json",
+                    str(tmp_path / "b.json")]) == 1
+    assert not (tmp_path / "b.json").exists()
+    capsys.readouterr()
     if hardware_info().get("gpu"):
         pytest.skip("a GPU is present")
     assert run_app(["bench", str(video), "--model", str(bundle_dir), "--backend", "gpu"]) == 1

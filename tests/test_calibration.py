@@ -280,6 +280,11 @@ def test_calibrate_command_refuses_bad_input_in_one_line(tmp_path: Path,
     assert run_app(["calibrate", str(video), "--method", "kl", "-o", str(tmp_path / "c")]) == 1
     assert "--method" in capsys.readouterr().err
     assert not (tmp_path / "c" / INT8_ONNX).exists()
+    named = tmp_path / "calibration.npz"  # a video named like an output, in the output folder
+    named.write_bytes(video.read_bytes())
+    assert run_app(["calibrate", str(named), "--frames", "2", "-o", str(tmp_path)]) == 1
+    assert "has the name of one of calibrate's outputs" in capsys.readouterr().err
+    assert named.read_bytes() == video.read_bytes()
 
 
 def test_calibrate_default_model_report_recomputes_from_held_out_set(

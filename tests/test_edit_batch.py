@@ -149,6 +149,29 @@ def test_a_file_edit_did_not_write_needs_overwrite(
     assert colours(mine) == ["red"] * 4 * FPS
 
 
+def test_a_named_input_is_never_written_over(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`edit a.mp4 a.cut.mp4 --overwrite` skipped a.cut.mp4 as an output of the run (as a
+    folder walk must), then replaced it with a.mp4's cut, exit 0. A file named as an input is
+    an input: what would replace it fails; a file named like its own output fails too."""
+    a = colour_video(tmp_path / "a.mp4", red_at(2), fps=FPS)
+    named = colour_video(tmp_path / "a.cut.mp4", red_at(4), fps=FPS)
+    before = sha(named)
+    assert edit(a, named, "--model", model, "-t", "red", "-u", "2", "-g", "0",
+                "--overwrite") == 1
+    err = capsys.readouterr().err
+    assert errors(err) == [f"error: {a}: its output would replace {named}, an input of this "
+                           "run; process them separately or write the outputs elsewhere with -o"]
+    assert sha(named) == before
+    assert colours(tmp_path / "a.cut.cut.mp4") == ["red"] * 4 * FPS  # the named one was cut
+    tagged = tmp_path / "t"
+    tagged.mkdir()
+    own = colour_video(tagged / "v.mp4", red_at(2), fps=FPS).rename(tagged / "v.tag")
+    assert run_app(["tag", str(own), "--model", str(model)]) == 1
+    assert "it has the name of its own output, which would replace it" in capsys.readouterr().err
+    assert own.read_bytes() and sorted(p.name for p in tagged.iterdir()) == ["v.tag"]
+
+
 def two_runs_of_red(seconds: int = 14) -> list[str]:
     pat = ["gray"] * seconds
     pat[1:5] = ["red"] * 4

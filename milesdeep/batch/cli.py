@@ -10,7 +10,7 @@ A command adopts batch runs with:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -71,14 +71,17 @@ def check_output_dir(out_dir: Path) -> None:
 
 def run_cli_batch(job: BatchJob, paths: Sequence[Path], *, force: bool = False, jobs: int = 1,
                   out_dir: Path | None = None,
-                  report: Callable[[FileOutcome], None] | None = None) -> BatchSummary:
+                  report: Callable[[FileOutcome], None] | None = None,
+                  walked: Collection[Path] = ()) -> BatchSummary:
     """Run `job` over `paths` with the CLI's console, and exit with the run's status: 0 if
-    nothing failed, 1 if a file failed, 130 if interrupted."""
+    nothing failed, 1 if a file failed, 130 if interrupted. `walked`: the paths found by
+    walking a folder (`found_in_folders`)."""
     from milesdeep.cli.app import console
 
     if out_dir is not None:
         check_output_dir(out_dir)  # once, rather than once per file
-    summary = run_batch(job, paths, force=force, jobs=jobs, console=console, report=report)
+    summary = run_batch(job, paths, force=force, jobs=jobs, console=console, report=report,
+                        walked=walked)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
     return summary

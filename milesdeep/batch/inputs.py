@@ -78,3 +78,14 @@ def expand_inputs(paths: Iterable[Path] = (), from_list: Path | Sequence[Path] |
                 seen.add(key)
                 out.append(f)
     return out
+
+
+def found_in_folders(paths: Iterable[Path], given: Iterable[Path],
+                     from_list: Path | None = None) -> set[Path]:
+    """Those of `paths` (from `expand_inputs`) found by walking a folder, not named on the
+    command line or in the list file."""
+    named = [Path(p) for p in given]
+    if from_list is not None:
+        named.extend(read_list(Path(from_list)))
+    keys = {os.path.realpath(p) for p in named if not p.is_dir()}
+    return {p for p in paths if os.path.realpath(p) not in keys}

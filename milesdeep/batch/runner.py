@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,20 +230,36 @@ class BatchRunner:
 
     # --- planning --------------------------------------------------------------------------
 
-    def _plan(self, paths: Sequence[Path]) -> tuple[list[Path], dict[Path, FileOutcome]]:
+    def _plan(self, paths: Sequence[Path], walked: Collection[Path] = ()
+              ) -> tuple[list[Path], dict[Path, FileOutcome]]:
         """(files to process, outcomes already known: clashes and skips), each keyed by
-        the input path."""
+        the input path. `walked`: the paths found by walking a folder, not named."""
         known: dict[Path, FileOutcome] = {}
         owner: dict[str, Path] = {}
         outputs_of_run: set[str] = set()
         for p in paths:
             outputs_of_run.update(os.path.abspath(f) for f in self.job.output_paths(p))
+        found = {os.path.abspath(p) for p in walked}
+        named = {os.path.abspath(p) for p in paths} - found
         pending: list[Path] = []
         for p in paths:
-            if os.path.abspath(p) in outputs_of_run:
-                continue  # an output of this very run found by walking a folder
-            clash = None
+            here = os.path.abspath(p)
             outputs = self.job.output_paths(p)
+            mine = {os.path.abspath(f) for f in outputs}
+            if here in mine:
+                known[p] = FileOutcome(p, "failed", str(MilesDeepError(
+                    "it has the name of its own output, which would replace it; rename it or "
+                    "write the outputs elsewhere with -o", p)))
+                continue
+            if here in outputs_of_run and here in found:
+                continue  # an output of this very run found by walking a folder
+            inputs = sorted((mine & named) - {here})
+            if inputs:  # a file named to be processed is never written over
+                known[p] = FileOutcome(p, "failed", str(MilesDeepError(
+                    f"its output would replace {one_line(inputs[0])}, an input of this run; "
+                    "process them separately or write the outputs elsewhere with -o", p)))
+                continue
+            clash = None
             for f in outputs:
                 other = owner.setdefault(os.path.abspath(f), p)
                 if other != p:
@@ -278,13 +294,15 @@ class BatchRunner:
 
     # --- running ---------------------------------------------------------------------------
 
-    def run(self, paths: Sequence[Path]) -> BatchSummary:
+    def run(self, paths: Sequence[Path], walked: Collection[Path] = ()) -> BatchSummary:
+        """`walked`: those of `paths` found by walking a folder (an output of this run found
+        so is left alone; one named is an input, and what would replace it fails)."""
         paths = [Path(p) for p in paths]
         self.single = len(paths) == 1
         start = time.perf_counter()
         self._model_key = self.job.model_key()
         self._opts_hash = options_hash(self.job.command, self.job.options())
-        pending, known = self._plan(paths)
+        pending, known = self._plan(paths, walked)
         remove_stale_temporaries([f for p in pending for f in self.job.output_paths(p)],
                                  [t for p in pending for t in self.job.temporary_patterns(p)])
         skipped = sum(o.status == "skipped" for o in known.values())
@@ -394,6 +412,8 @@ def internal_error(path: Path, e: BaseException) -> str:
 
 def run_batch(job: BatchJob, paths: Sequence[Path], *, force: bool = False, jobs: int = 1,
               console: Console | None = None,
-              report: Callable[[FileOutcome], None] | None = None) -> BatchSummary:
+              report: Callable[[FileOutcome], None] | None = None,
+              walked: Collection[Path] = ()) -> BatchSummary:
     """Process `paths` with `job`; see `BatchRunner`."""
-    return BatchRunner(job, force=force, jobs=jobs, console=console, report=report).run(paths)
+    return BatchRunner(job, force=force, jobs=jobs, console=console,
+                       report=report).run(paths, walked)

@@ -13,12 +13,13 @@ same rate with the same input spec and frame budget (`resample=True` takes them 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from milesdeep.calibration.frames import FrameSet, load_frames, sample_frames, save_frames
-from milesdeep.calibration.report import CalibrationReport, evaluate, write_report
+from milesdeep.calibration.report import REPORT_FILE, CalibrationReport, evaluate, write_report
 from milesdeep.calibration.variants import METHODS, make_fp16, make_int8
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
@@ -67,6 +68,13 @@ def calibrate(bundle: ModelBundle, videos: Sequence[Path], directory: Path,
     if not videos:
         raise MilesDeepError("give at least one video to take calibration frames from")
     directory = Path(directory)
+    outputs = [directory / n for n in ("calibration.npz", "held_out.npz", FP16_ONNX, INT8_ONNX,
+                                       REPORT_FILE)]
+    for v in videos:  # an input is only ever read
+        if any(os.path.realpath(v) == os.path.realpath(f) for f in outputs):
+            raise MilesDeepError("has the name of one of calibrate's outputs in the output "
+                                 "folder, which would replace it; rename it or use another -o",
+                                 v)
     check_writable_dir(directory)
     say = step or (lambda _msg: None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -109,6 +110,9 @@ def bench(
 
         if json_out.is_dir():
             raise MilesDeepError("--json names a folder; give a file name", json_out)
+        if any(os.path.realpath(v) == os.path.realpath(json_out) for v in videos):
+            raise MilesDeepError("--json names one of the videos to measure; give another "
+                                 "file name", json_out)
         check_writable_dir(json_out.parent)
     bundle = o.resolve_model_options(model)
     choice = resolve_backend(backend, bundle)  # --backend gpu without one: E's one line
@@ -172,7 +176,7 @@ def bench(
     finally:
         if gpu_backend is not None:
             gpu_backend.close()
-    if json_out is not None:
+    if json_out is not None and reports:  # nothing measured: nothing to write
         from milesdeep.pipeline.atomic import write_text_atomic
 
         doc = {"hardware": hardware, "videos": [r.to_dict() for r in reports],

@@ -17,7 +17,7 @@ import typer
 from milesdeep.batch.cli import ForceOpt, FromListOpt, JobsOpt, gather_inputs, run_cli_batch
 from milesdeep.batch.edit_job import EXPORTS, EditJob, EditReport, is_edit_output_name
 from milesdeep.batch.edit_job import parse_targets as parse_targets
-from milesdeep.batch.inputs import read_list
+from milesdeep.batch.inputs import found_in_folders, read_list
 from milesdeep.batch.runner import FileOutcome, one_line
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
@@ -224,4 +224,5 @@ def edit(
         else:
             _report_line(r)
 
-    run_cli_batch(job, paths, force=force, jobs=jobs, out_dir=output_dir, report=report)
+    run_cli_batch(job, paths, force=force, jobs=jobs, out_dir=output_dir, report=report,
+                  walked=found_in_folders(paths, videos or [], from_list))

@@ -17,6 +17,7 @@ from milesdeep.batch.cli import (
     gather_inputs,
     run_cli_batch,
 )
+from milesdeep.batch.inputs import found_in_folders
 from milesdeep.batch.runner import FileOutcome
 from milesdeep.batch.tag_job import TagJob
 from milesdeep.cli import options as o
@@ -123,4 +124,5 @@ def tag(
             for path in outcome.outputs:
                 console.print(f"wrote {escape(str(path))}", soft_wrap=True)
 
-    run_cli_batch(job, paths, force=force, jobs=jobs, out_dir=output_dir, report=report)
+    run_cli_batch(job, paths, force=force, jobs=jobs, out_dir=output_dir, report=report,
+                  walked=found_in_folders(paths, videos or [], from_list))
