@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -138,7 +139,10 @@ def _tag_seconds(cuts: list[Cut], preds: Predictions) -> tuple[list[int], int, l
     if preds.rate == 1.0:
         return per_label, total, cuts
     r = preds.rate
-    in_seconds = [replace(c, start=int(c.start // r), end=int(c.end // r)) for c in cuts]
+    # A cut of samples a..b covers [a / r, (b + 1) / r): from the second a falls in to the
+    # last second it reaches into (below 1 sample a second, one sample spans several).
+    in_seconds = [replace(c, start=math.floor(c.start / r + 1e-9),
+                          end=math.ceil((c.end + 1) / r - 1e-9) - 1) for c in cuts]
     return [round(n / r) for n in per_label], round(total / r), in_seconds
 
 
@@ -159,14 +163,29 @@ def tag_video(video: Path, bundle: ModelBundle, classifier: Classifier | Runner,
 
 
 def tag_from_predictions(csv: Path, *, params: PlanParams | None = None,
-                         out_dir: Path | None = None, plot: bool = False) -> TagResult:
-    """Re-plan from a saved predictions file, without the network."""
+                         out_dir: Path | None = None, plot: bool = False,
+                         rate: float = 1.0) -> TagResult:
+    """Re-plan from a saved predictions file, without the network (`rate`: for a file of one
+    row, whose times cannot tell it)."""
     csv = Path(csv)
     if not csv.is_file():
         raise MilesDeepError("no such predictions file", csv)
-    preds = read_predictions_csv(csv)
+    preds = read_predictions_csv(csv, rate)
     name = stem_of_predictions(csv)
     stem = (out_dir if out_dir is not None else csv.parent) / name
-    cuts, outputs = write_tag_outputs(stem, name, preds, params or PlanParams(), plot,
+    movie = _movie_beside(csv, name)
+    cuts, outputs = write_tag_outputs(stem, movie, preds, params or PlanParams(), plot,
                                       write_predictions=False)
-    return TagResult(name, preds, cuts, outputs)
+    return TagResult(movie, preds, cuts, outputs)
+
+
+def _movie_beside(csv: Path, stem: str) -> str:
+    """The .tag's first line names the movie file: `tag` writes the predictions beside it,
+    so the one video there with the CSV's stem is it; otherwise the stem."""
+    from milesdeep.batch.inputs import is_video_name
+
+    try:
+        found = [p.name for p in csv.parent.iterdir() if p.stem == stem and is_video_name(p)]
+    except OSError:
+        found = []
+    return found[0] if len(found) == 1 else stem

@@ -117,13 +117,39 @@ def test_predictions_writer_streams_batches_and_leaves_nothing_on_failure(
     ("time,a,b\n0,0.5,0.5\n1,0.5\n", "line 3: 2 fields"),
     ("time,a,b\n0,0.5,0.5\n1,high,0.5\n", "line 3: not a number"),
     ("time,a,b\n0,0.5,nan\n", "line 2: inf or nan"),
-    ("time,a,b\n1,0.5,0.5\n1,0.5,0.5\n", "increase"),
+    ("time,a,b\n0,0.5,0.5\n0,0.5,0.5\n", "increase"),
+    # These were taken: cut videos from times before the start, scores of -3 and 4, a gap
+    # of 1e9 s that failed later as an internal error.
+    ("time,a,b\n-10,0.5,0.5\n-9,0.5,0.5\n", "the first time is -10; samples start at 0"),
+    ("time,a,b\n0,0.5,0.5\n1,-3,4\n", r"line 3: a score outside 0-1 \(1,-3,4\)"),
+    ("time,a,b\n0,0.5,0.5\n1,1e300,0\n", "line 3: a score outside 0-1"),
+    ("time,a,b\n0,0.5,0.5\n1,0.5,0.5\n3,0.5,0.5\n", "not evenly spaced"),
+    ("time,a,b\n0,0.5,0.5\n1e9,0.5,0.5\n", "1e-09 samples a second; the times must give"),
 ])
 def test_malformed_predictions_csv(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "preds.csv"
     path.write_text(content)
     with pytest.raises(MilesDeepError, match=rf"preds\.csv: .*{message}"):
         read_predictions_csv(path)
+
+
+@pytest.mark.parametrize("rate", [3.0, 29.97, 30000 / 1001, 0.3, 7.0])
+def test_the_rate_read_back_is_the_rate_written(tmp_path: Path, rate: float) -> None:
+    """The times are written to 6 decimals; the rate estimated from them was 3.00000016 for 3,
+    and whole seconds counted from it came out one short in a re-planned .tag."""
+    n = 200
+    preds = Predictions(("a", "b"), np.arange(n) / rate, np.full((n, 2), 0.5, np.float32),
+                        rate, n / rate)
+    back = read_predictions_csv(write_predictions_csv(tmp_path / "p.csv", preds))
+    assert back.rate == rate
+
+
+def test_a_one_row_predictions_file_takes_the_rate_given(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("time,a,b\n0,0.25,0.75\n")
+    assert read_predictions_csv(path).rate == 1.0
+    back = read_predictions_csv(path, rate=0.5)
+    assert back.rate == 0.5 and back.duration == 2.0
 
 
 def test_predictions_csv_from_a_spreadsheet(tmp_path: Path) -> None:

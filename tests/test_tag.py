@@ -79,6 +79,29 @@ def test_replan_from_predictions_without_the_network(video: Path, bundle_dir: Pa
         assert not (tmp_path / "clip.tag").exists()
 
 
+@pytest.mark.parametrize(("rate", "rows", "cut"), [
+    (0.5, 10, (0, 7)),  # samples 0-3 cover [0, 8): the seconds 0..7 (the end said 6)
+    (3.0, 40, (1, 6)),  # samples 3-18 cover [1, 6.33): re-planned from 6-decimal times,
+                        # the rate came back 3.00000016 and the start as second 0
+])
+def test_tag_rows_cover_the_seconds_of_their_samples(tmp_path: Path, rate: float, rows: int,
+                                                     cut: tuple[int, int]) -> None:
+    from milesdeep.pipeline.predictions import Predictions, write_predictions_csv
+
+    probs = np.tile(np.float32([0.9, 0.1]), (rows, 1))
+    first, last = (0, 3) if rate < 1 else (3, 18)
+    probs[first:last + 1] = [0.1, 0.9]
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")  # the movie the .tag's first line names, beside its predictions
+    csv = write_predictions_csv(tmp_path / "v.predictions.csv", Predictions(
+        ("a", "b"), np.arange(rows) / rate, probs, rate, rows / rate))
+    assert run_app(["tag", "--from-predictions", str(csv), "-g", "0"]) == 0
+    tag = read_tag(tmp_path / "v.tag")
+    assert tag.movie_file_name == "v.mp4"
+    assert [(c.start, c.end) for c in tag.cuts if c.label == "b"] == [cut]
+    assert tag.seconds_per_label[1] == round((last - first + 1) / rate)
+
+
 def test_keyframe_sampling_holds_labels(tmp_path: Path, bundle_dir: Path) -> None:
     video = colour_video(tmp_path / "k.mp4", ["red"] * 4 + ["blue"] * 4, gop=20)
     bundle = load_bundle(bundle_dir)

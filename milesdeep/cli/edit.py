@@ -8,7 +8,6 @@ an original yourself once you have checked its cut. The per-video work is
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,7 @@ import typer
 from milesdeep.batch.cli import ForceOpt, FromListOpt, JobsOpt, gather_inputs, run_cli_batch
 from milesdeep.batch.edit_job import EXPORTS, EditJob, EditReport, is_edit_output_name
 from milesdeep.batch.edit_job import parse_targets as parse_targets
-from milesdeep.batch.inputs import found_in_folders, read_list
+from milesdeep.batch.inputs import found_in_folders
 from milesdeep.batch.runner import FileOutcome, one_line
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
@@ -29,17 +28,11 @@ from milesdeep.pipeline.ranges import format_time
 USAGE = "miles-deep edit VIDEO|FOLDER [...]"
 
 
-def drop_walked_outputs(paths: list[Path], videos: list[Path] | None,
-                        from_list: Path | None) -> tuple[list[Path], int]:
-    """Leave out files found by walking a folder that are named like edit outputs
+def drop_walked_outputs(paths: list[Path], walked: set[Path]) -> tuple[list[Path], int]:
+    """Leave out files found by walking a folder (`walked`) that are named like edit outputs
     (`<stem>.cut.<ext>`, `<stem>.cut/<stem>.cut.<i>.<ext>`), so that editing a folder twice
     does not edit the first run's cuts. A file named outright is always kept."""
-    named = [Path(v) for v in videos or []]
-    if from_list is not None:
-        named += read_list(from_list)
-    explicit = {os.path.realpath(p) for p in named if not p.is_dir()}
-    kept = [p for p in paths
-            if os.path.realpath(p) in explicit or not is_edit_output_name(p)]
+    kept = [p for p in paths if p not in walked or not is_edit_output_name(p)]
     return kept, len(paths) - len(kept)
 
 
@@ -117,8 +110,9 @@ def edit(
     max_gap: o.MaxGapOpt = 2,
     min_score: o.MinScoreOpt = 0.5,
     min_coverage: o.MinCovOpt = 0.4,
-    margin: Annotated[float, typer.Option("--margin", min=0.0, help="Widen every kept range "
-                                          "by S seconds on both sides")] = 0.0,
+    margin: Annotated[float, typer.Option("--margin", min=0.0, max=86400.0,
+                                          help="Widen every kept range by S seconds on both "
+                                          "sides")] = 0.0,
     precise: Annotated[bool, typer.Option("--precise", help="Frame-accurate cuts: re-encode "
                                           "only the partial GOPs at boundaries (H.264)")
                        ] = False,
@@ -171,7 +165,8 @@ def edit(
 
         adapter_for(export)  # a missing adapter is one error, not one per video
     paths = gather_inputs(videos, from_list, USAGE)
-    paths, left_out = drop_walked_outputs(paths, videos, from_list)
+    walked = found_in_folders(paths, videos or [], from_list)
+    paths, left_out = drop_walked_outputs(paths, walked)
     if left_out:
         _say(f"left out {left_out} file(s) named like edit outputs (*.cut.*) found in folders")
     if not paths:
@@ -194,7 +189,12 @@ def edit(
         if from_predictions.is_file():
             from milesdeep.pipeline.predictions import read_predictions_csv
 
-            _check_targets(job, tuple(read_predictions_csv(from_predictions).labels))
+            labels = tuple(read_predictions_csv(from_predictions).labels)
+            try:
+                _check_targets(job, labels)
+            except MilesDeepError as e:  # the labels are the file's, not a model's
+                raise MilesDeepError(str(e).replace("the model's labels", "its labels"),
+                                     from_predictions) from None
     else:
         from milesdeep.cli.tag import check_sampling
         from milesdeep.pipeline.backend import resolve_backend
@@ -225,4 +225,4 @@ def edit(
             _report_line(r)
 
     run_cli_batch(job, paths, force=force, jobs=jobs, out_dir=output_dir, report=report,
-                  walked=found_in_folders(paths, videos or [], from_list))
+                  walked=walked)

@@ -93,7 +93,7 @@ def tag(
         if output_dir is not None:
             check_output_dir(output_dir)
         result = tag_from_predictions(from_predictions, params=params, out_dir=output_dir,
-                                      plot=plot)
+                                      plot=plot, rate=rate)
         console.print(summary_table(result))
         for path in result.outputs:
             console.print(f"wrote {path}")

@@ -17,6 +17,7 @@ import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -111,9 +112,34 @@ def write_predictions_csv(path: str | Path, preds: Predictions, overwrite: bool 
     return Path(path)
 
 
-def read_predictions_csv(path: str | Path) -> Predictions:
-    """Read a predictions CSV. The rate is inferred from the times' spacing (1 sample/s if
-    there are fewer than two rows) and the duration is the last time plus one sample."""
+MIN_RATE, MAX_RATE = 0.001, 1000.0  # samples per second, as --rate allows
+
+
+def _rate_of(times: np.ndarray) -> float | None:
+    """The rate that gives `times` (sample i at i / rate, written to TIME_FORMAT's 6
+    decimals), or None if none does. A round one (3, 29.97, 30000/1001) that gives them all is
+    taken exactly: the rate estimated from the rounded times is a little off (3.00000016),
+    and whole seconds counted from it came out one short."""
+    i = np.arange(1, len(times))
+    t = times[1:]
+    half = 5.01e-7  # half the last written digit, and a little for the float's own rounding
+    if np.any(t <= half):
+        return None
+    lo, hi = float(np.max(i / (t + half))), float(np.min(i / (t - half)))
+    if lo > hi:
+        return None
+    rough = (lo + hi) / 2
+    ntsc = [float(Fraction(round(rough * 1.001) * 1000, 1001))]  # 24000/1001, 30000/1001 ...
+    for rate in (*(round(rough, d) for d in range(4)), *ntsc):
+        if lo <= rate <= hi:
+            return float(rate)
+    return rough
+
+
+def read_predictions_csv(path: str | Path, rate: float = 1.0) -> Predictions:
+    """Read a predictions CSV. The rate is the times' (sample i at i / rate); `rate` is taken
+    for a file of one row, whose times cannot tell it. The duration is the last time plus one
+    sample."""
     path = Path(path)
 
     def bad(what: str) -> MilesDeepError:
@@ -154,9 +180,23 @@ def read_predictions_csv(path: str | Path) -> Predictions:
         raise bad(str(e)) from None
 
     table = np.array(values, dtype=np.float64).reshape(len(values), len(header))
-    times = table[:, 0]
+    times, probs = table[:, 0], table[:, 1:]
+    if len(times) and abs(times[0]) > 1e-6:
+        raise bad(f"the first time is {times[0]:g}; samples start at 0 (sample i at i / rate)")
     if len(times) > 1 and not np.all(np.diff(times) > 0):
         raise bad("times must increase from row to row")
-    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 1.0
+    outside = np.flatnonzero(((probs < -1e-6) | (probs > 1 + 1e-6)).any(axis=1))
+    if len(outside):
+        row = int(outside[0])
+        raise bad(f"line {row + 2}: a score outside 0-1 "
+                  f"({','.join(f'{v:g}' for v in table[row])})")
+    if len(times) > 1:
+        found = _rate_of(times)
+        if found is None:
+            raise bad("the times are not evenly spaced (sample i at i / rate)")
+        rate = found
+    if not MIN_RATE - 1e-9 <= rate <= MAX_RATE + 1e-9:
+        raise bad(f"{rate:g} samples a second; the times must give {MIN_RATE:g} to "
+                  f"{MAX_RATE:g}")
     duration = float(times[-1] + 1.0 / rate) if len(times) else 0.0
-    return Predictions(labels, times, table[:, 1:].astype(np.float32), float(rate), duration)
+    return Predictions(labels, times, probs.astype(np.float32), float(rate), duration)
