@@ -14,4 +14,5 @@ class MilesDeepError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
+        self.message = message
         super().__init__(f"{path}: {message}" if path is not None else message)

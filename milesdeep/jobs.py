@@ -182,7 +182,7 @@ def tag_from_predictions(csv: Path, *, params: PlanParams | None = None,
 def _movie_beside(csv: Path, stem: str) -> str:
     """The .tag's first line names the movie file: `tag` writes the predictions beside it,
     so the one video there with the CSV's stem is it; otherwise the stem."""
-    from milesdeep.batch.inputs import is_video_name
+    from milesdeep.pipeline.decode import is_video_name
 
     try:
         found = [p.name for p in csv.parent.iterdir() if p.stem == stem and is_video_name(p)]

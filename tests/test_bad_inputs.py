@@ -381,3 +381,32 @@ def test_file_appended_to_during_the_run_does_not_hang(model: Path, tmp_path: Pa
     assert "Traceback" not in r.stderr
     assert (tmp_path / "out" / "live.tag").is_file()
     assert not (tmp_path / "out" / STATE_NAME).exists() or StateDB(tmp_path / "out").rows()
+
+
+def test_sample_does_not_take_what_is_not_a_video(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`sample` said "exists; using it as it is" (exit 0) for a folder or an empty file at its
+    path, and the README's next command failed on it."""
+    folder = tmp_path / "d.mp4"
+    folder.mkdir()
+    empty = tmp_path / "e.mp4"
+    empty.write_bytes(b"")
+    assert run_app(["sample", str(folder)]) == 1
+    assert "is a folder; give the video's file name" in capsys.readouterr().err
+    assert run_app(["sample", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert "exists but is not a usable video (the file is empty (0 bytes))" in err
+    assert len(err.strip().splitlines()) == 1 and empty.read_bytes() == b""
+
+
+@pytest.mark.parametrize("suffix", [".xyz", ".tag", ".divx", ""])
+def test_a_video_named_oddly_is_cut_into_matroska(model: Path, tmp_path: Path,
+                                                  suffix: str) -> None:
+    """FFmpeg picks the muxer by the output's suffix, the source's: .xyz or .divx failed as an
+    internal error ('Could not determine output format')."""
+    from tests.testdata import colour_video
+
+    src = colour_video(tmp_path / "v.mp4", ["red"] * 3, fps=5).rename(tmp_path / f"v{suffix}")
+    assert run_app(["edit", "--backend", "cpu", str(src), "--model", str(model), "-t", "red",
+                    "-u", "1"]) == 0
+    assert (tmp_path / "v.cut.mkv").is_file()

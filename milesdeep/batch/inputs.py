@@ -8,18 +8,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from milesdeep.errors import MilesDeepError
+from milesdeep.pipeline.decode import VIDEO_EXTENSIONS, is_video_name
 
-# Extensions of the video containers FFmpeg reads that a video library holds. A file given by
-# name is taken whatever its extension; a directory contributes only these.
-VIDEO_EXTENSIONS = frozenset({
-    ".3g2", ".3gp", ".asf", ".avi", ".divx", ".dv", ".f4v", ".flv", ".h264", ".h265",
-    ".hevc", ".m2t", ".m2ts", ".m2v", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".mts",
-    ".mxf", ".nut", ".ogv", ".qt", ".rm", ".rmvb", ".ts", ".vob", ".webm", ".wmv", ".y4m",
-})
-
-
-def is_video_name(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
+__all__ = ["VIDEO_EXTENSIONS", "expand_inputs", "found_in_folders", "is_video_name", "read_list",
+           "walk_videos"]
 
 
 def walk_videos(directory: Path) -> list[Path]:

@@ -22,7 +22,16 @@ def sample(
     """Write a sample video (test patterns and a tone, H.264 + AAC) to try `tag` and `edit` on."""
     from milesdeep.sample import make_sample_video
 
+    if output.is_dir():
+        raise MilesDeepError("is a folder; give the video's file name, e.g. sample.mp4", output)
     if output.exists() and not overwrite:
+        from milesdeep.pipeline.decode import probe
+
+        try:  # what is there must be a video the next command can use
+            probe(output)
+        except MilesDeepError as e:
+            raise MilesDeepError(f"exists but is not a usable video ({e.message}); delete it "
+                                 "or pass --overwrite", output) from None
         console.print(f"{output} exists; using it as it is (--overwrite makes a new one)")
         return
     if output.suffix.lower() != ".mp4":

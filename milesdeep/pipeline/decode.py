@@ -37,6 +37,19 @@ _BT709 = {1}
 _BT601 = {5, 6}
 
 
+# Extensions of the video containers FFmpeg reads that a video library holds. A file given by
+# name is taken whatever its extension; a directory contributes only these.
+VIDEO_EXTENSIONS = frozenset({
+    ".3g2", ".3gp", ".asf", ".avi", ".divx", ".dv", ".f4v", ".flv", ".h264", ".h265",
+    ".hevc", ".m2t", ".m2ts", ".m2v", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".mts",
+    ".mxf", ".nut", ".ogv", ".qt", ".rm", ".rmvb", ".ts", ".vob", ".webm", ".wmv", ".y4m",
+})
+
+
+def is_video_name(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
 @dataclass
 class VideoInfo:
     path: Path

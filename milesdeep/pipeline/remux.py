@@ -26,6 +26,7 @@ Planned times are seconds from the first video frame (what the classifier's samp
 from __future__ import annotations
 
 import bisect
+import functools
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,7 @@ import av
 from milesdeep.errors import MilesDeepError
 from milesdeep.pipeline import smartcut
 from milesdeep.pipeline.atomic import atomic_path
-from milesdeep.pipeline.decode import keyframe_decodable, main_video, probe
+from milesdeep.pipeline.decode import VIDEO_EXTENSIONS, keyframe_decodable, main_video, probe
 from milesdeep.pipeline.ranges import TimeRange, format_time
 from milesdeep.pipeline.timecode import shifted, source_timecode
 
@@ -676,13 +677,29 @@ def _format_for(path: Path) -> str | None:
     return None
 
 
+@functools.cache
+def _muxer_suffixes() -> frozenset[str]:
+    """The file name suffixes FFmpeg picks a muxer by."""
+    out = set()
+    for name in av.formats_available:
+        try:
+            out.update(f".{e.strip().lower()}" for e in av.ContainerFormat(name, "w").extensions)
+        except (ValueError, av.FFmpegError):  # a demuxer only
+            continue
+    return frozenset(out)
+
+
 def output_extension(index: MediaIndex) -> str:
     """The source's extension, except that .wmv becomes .mkv as in the original (stream-copying
     into ASF was unreliable there) when Matroska takes every carried codec; FFmpeg's Matroska
-    muxer refuses WMV2/WMV3/WMA at normal compliance, and those stay .wmv (ASF)."""
+    muxer refuses WMV2/WMV3/WMA at normal compliance, and those stay .wmv (ASF). A video named
+    other than as a video FFmpeg can write (none, .divx, .qt, .xyz, .tag) becomes .mkv, which
+    takes nearly every codec."""
     ext = index.path.suffix
+    if ext.lower() not in VIDEO_EXTENSIONS or ext.lower() not in _muxer_suffixes():
+        return ".mkv"
     if ext.lower() != ".wmv":
-        return ext or ".mkv"
+        return ext
     codecs = {index.video.codec, *(s.codec for s in index.others)}
     with av.open(io.BytesIO(), "w", format="matroska") as probe:
         supported = probe.supported_codecs
