@@ -147,6 +147,34 @@ def test_export_round_trips(video: Path, csv: Path, kind: str, ext: str) -> None
         assert clip.media_reference.target_url == video.resolve().as_uri()
 
 
+def test_exports_are_on_the_source_timecode_clock(tmp_path: Path) -> None:
+    """An EDL's source in/out said 00:00:03:00 for a MOV starting at 01:00:00:00 (editors match
+    clips to media by timecode), FCPXML's asset start 0s; OTIO's timeline left out the audio."""
+    from fractions import Fraction
+
+    from milesdeep.pipeline.export import build_timeline, write_timeline
+    from milesdeep.pipeline.ranges import TimeRange
+
+    src = tmp_path / "src.mov"
+    src.write_bytes(b"")
+    ranges = [TimeRange(Fraction(3), Fraction(7))]
+    tl = build_timeline(src, ranges, Fraction(25), Fraction(12), timecode="01:00:00:00",
+                        audio=True)
+    first = 3600 * 25
+    assert timeline_ranges(tl) == timeline_ranges(tl, "Audio") == [(first + 75, first + 175)]
+    edl = write_timeline(tl, tmp_path / "t.edl", "edl").read_text()
+    assert "01:00:03:00 01:00:07:00 00:00:00:00 00:00:04:00" in edl
+    plain = build_timeline(src, ranges, Fraction(25), Fraction(12), timecode="01:00:00:00")
+    fcp = write_timeline(plain, tmp_path / "t.fcpxml", "fcpxml").read_text()
+    assert 'start="3600/1s"' in fcp and 'start="3603s"' in fcp
+    assert timeline_ranges(build_timeline(src, ranges, Fraction(25), Fraction(12))) == [
+        (75, 175)]  # no timecode: from 0, as before
+    odd = tmp_path / "it's.mov"  # the FCPXML adapter failed on the apostrophe
+    fcp = write_timeline(build_timeline(odd, ranges, Fraction(25), Fraction(12)),
+                         tmp_path / "odd.fcpxml", "fcpxml").read_text()
+    assert "it\u2019s 1" in fcp and odd.resolve().as_uri() in fcp
+
+
 @pytest.mark.parametrize("name", ["-lead dash.mp4", "it's \"q\" $(touch pwned).mp4",
                                   "ünïcødé 名前.mp4"])
 def test_awkward_file_names(master: Path, tmp_path: Path, csv: Path, name: str) -> None:

@@ -287,7 +287,11 @@ class EditJob(ModelJob):
             _, ext = adapter_for(self.export)
             outputs = [out_dir / f"{path.stem}.cut{ext}"]
             self._claim(path, outputs)
-            timeline = build_timeline(path, ranges, index.frame_rate, index.duration)
+            # The EDL and FCPXML adapters render a second track badly (FCPXML) or not at
+            # all (EDL): the audio track goes into OTIO's own format only.
+            audio = self.export == "otio" and any(s.kind == "audio" for s in index.others)
+            timeline = build_timeline(path, ranges, index.frame_rate, index.duration,
+                                      timecode=index.timecode, audio=audio)
             write_timeline(timeline, outputs[0], self.export, overwrite=True)
         else:
             n = len(ranges) if self.pieces else 1

@@ -1,9 +1,10 @@
 """Write the kept ranges as an editorial timeline an editor can refine in an NLE.
 
-The timeline is built with OpenTimelineIO: one video track whose clips reference the original
-file (an absolute file:// URL) with the kept ranges as source ranges, in frames of the video's
-frame rate. OTIO's own JSON adapter ships with opentimelineio; EDL (CMX 3600) and FCPXML come
-from the `otio-cmx3600-adapter` and `otio-fcpx-xml-adapter` packages.
+The timeline is built with OpenTimelineIO: a video track (and, in OTIO's own format, an audio
+track when the source has audio) whose clips reference the original file (an absolute file://
+URL) with the kept ranges as source ranges, in frames of the video's frame rate, on the
+source's timecode clock. OTIO's own JSON adapter ships with opentimelineio; EDL (CMX 3600) and
+FCPXML come from the `otio-cmx3600-adapter` and `otio-fcpx-xml-adapter` packages.
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ def _otio():  # imported lazily: only exports need it
 
 
 def build_timeline(source: Path, ranges: Sequence[TimeRange], frame_rate: Fraction,
-                   duration: Fraction, name: str | None = None):
-    """An OTIO timeline with one clip per range, referencing `source`.
+                   duration: Fraction, name: str | None = None, timecode: str | None = None,
+                   audio: bool = False):
+    """An OTIO timeline with one clip per range, referencing `source`, on a video track and,
+    with `audio`, an audio track beside it.
 
-    Range times are seconds from the first frame; they are rounded to whole frames."""
+    Range times are seconds from the first frame; they are rounded to whole frames. With the
+    source's start `timecode` ("01:00:00:00"), source times are on that clock, as an editor
+    matching the clips to the media by timecode (an EDL's source in and out) reads them."""
     otio = _otio()
     rate = float(frame_rate)
     source = Path(source).resolve()
@@ -42,33 +47,51 @@ def build_timeline(source: Path, ranges: Sequence[TimeRange], frame_rate: Fracti
     def frames(t: Fraction) -> int:
         return round(t * frame_rate)
 
-    available = otio.opentime.TimeRange(otio.opentime.RationalTime(0, rate),
+    first = 0
+    if timecode:
+        try:
+            first = round(otio.opentime.from_timecode(timecode, rate).to_frames())
+        except ValueError:  # a timecode OTIO cannot read at this rate: times from 0
+            first = 0
+    available = otio.opentime.TimeRange(otio.opentime.RationalTime(first, rate),
                                         otio.opentime.RationalTime(frames(duration), rate))
-    timeline = otio.schema.Timeline(name=name or f"{source.stem} cut")
-    track = otio.schema.Track(name="V1", kind=otio.schema.TrackKind.Video)
-    timeline.tracks.append(track)
-    for i, r in enumerate(ranges, 1):
-        start, end = frames(r.start), frames(r.end)
-        if end <= start:
-            continue
-        ref = otio.schema.ExternalReference(target_url=source.as_uri(),
-                                            available_range=available)
-        track.append(otio.schema.Clip(
-            name=f"{source.stem} {i}",
-            media_reference=ref,
-            source_range=otio.opentime.TimeRange(otio.opentime.RationalTime(start, rate),
-                                                 otio.opentime.RationalTime(end - start, rate)),
-        ))
+    # The FCPXML adapter looks clips up by an XPath built from the name, which a "'" breaks
+    # (an internal error for "it's.mp4"): names carry a typographic apostrophe instead.
+    stem = source.stem.replace("'", "\u2019")
+    timeline = otio.schema.Timeline(name=name or f"{stem} cut")
+    kinds = [("V1", otio.schema.TrackKind.Video)]
+    if audio:
+        kinds.append(("A1", otio.schema.TrackKind.Audio))
+    for track_name, kind in kinds:
+        track = otio.schema.Track(name=track_name, kind=kind)
+        timeline.tracks.append(track)
+        for i, r in enumerate(ranges, 1):
+            start, end = frames(r.start), frames(r.end)
+            if end <= start:
+                continue
+            ref = otio.schema.ExternalReference(target_url=source.as_uri(),
+                                                available_range=available)
+            track.append(otio.schema.Clip(
+                name=f"{stem} {i}",
+                media_reference=ref,
+                source_range=otio.opentime.TimeRange(
+                    otio.opentime.RationalTime(first + start, rate),
+                    otio.opentime.RationalTime(end - start, rate)),
+            ))
     return timeline
 
 
-def timeline_ranges(timeline) -> list[tuple[int, int]]:
-    """(start frame, end frame) of every clip, in track order (for checks and round trips)."""
+def timeline_ranges(timeline, kind: str = "Video") -> list[tuple[int, int]]:
+    """(start frame, end frame) of every clip on the tracks of `kind`, in track order (for
+    checks and round trips), on the source's clock."""
     out = []
-    for clip in timeline.find_clips():
-        r = clip.source_range
-        start = r.start_time.to_frames()
-        out.append((start, start + r.duration.to_frames()))
+    for track in timeline.tracks:
+        if track.kind != kind:
+            continue
+        for clip in track.find_clips():
+            r = clip.source_range
+            start = r.start_time.to_frames()
+            out.append((start, start + r.duration.to_frames()))
     return out
 
 
