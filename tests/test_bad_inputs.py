@@ -410,3 +410,37 @@ def test_a_video_named_oddly_is_cut_into_matroska(model: Path, tmp_path: Path,
     assert run_app(["edit", "--backend", "cpu", str(src), "--model", str(model), "-t", "red",
                     "-u", "1"]) == 0
     assert (tmp_path / "v.cut.mkv").is_file()
+
+
+def test_a_run_that_writes_nothing_leaves_no_output_folder(model: Path, tmp_path: Path) -> None:
+    """-o's folder is made before the work; a run whose every file failed left it empty
+    (tag, edit: with the run's state records in it; calibrate)."""
+    missing = tmp_path / "missing.mp4"
+    for args in (["tag", str(missing), "--model", str(model)],
+                 ["edit", "--backend", "cpu", str(missing), "--model", str(model)],
+                 ["calibrate", str(missing), "--model", str(model)]):
+        out = tmp_path / f"out-{args[0]}"
+        assert run_app([*args, "-o", str(out)]) == 1
+        assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()  # a folder that was there stays, empty or not
+    assert run_app(["tag", str(missing), "--model", str(model), "-o", str(kept)]) == 1
+    assert kept.is_dir()
+
+
+def test_edit_into_an_unwritable_folder_says_so(model: Path, tmp_path: Path) -> None:
+    """edit said it could not use its state database (never there) 'or delete it'."""
+    d = tmp_path / "readonly"
+    d.mkdir()
+    video = colour_video(d / "v.mp4", ["gray"] * 2 + ["red"] * 5 + ["gray"] * 2)
+    d.chmod(0o555)
+    try:
+        r = run_unprivileged(cli("edit", str(video), "--model", str(model), "-t", "red",
+                                 "-u", "2", "-g", "0", "--backend", "cpu"), tmp_path)
+    finally:
+        d.chmod(0o755)
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {d}: the output directory is not writable; choose another "
+                      "with -o"]
+    assert sorted(p.name for p in d.iterdir()) == ["v.mp4"]

@@ -76,12 +76,15 @@ def run_cli_batch(job: BatchJob, paths: Sequence[Path], *, force: bool = False, 
     """Run `job` over `paths` with the CLI's console, and exit with the run's status: 0 if
     nothing failed, 1 if a file failed, 130 if interrupted. `walked`: the paths found by
     walking a folder (`found_in_folders`)."""
+    from milesdeep.batch.state import STATE_NAME
     from milesdeep.cli.app import console
+    from milesdeep.pipeline.atomic import removed_if_left_empty
 
-    if out_dir is not None:
-        check_output_dir(out_dir)  # once, rather than once per file
-    summary = run_batch(job, paths, force=force, jobs=jobs, console=console, report=report,
-                        walked=walked)
+    with removed_if_left_empty(out_dir, lambda name: name.startswith(STATE_NAME)):
+        if out_dir is not None:
+            check_output_dir(out_dir)  # once, rather than once per file
+        summary = run_batch(job, paths, force=force, jobs=jobs, console=console,
+                            report=report, walked=walked)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
     return summary

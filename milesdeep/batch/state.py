@@ -80,6 +80,11 @@ class FileKey:
 
 
 def _db_error(e: sqlite3.Error, path: Path) -> MilesDeepError:
+    folder = path.parent
+    if not path.exists() and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        # The outputs could not go there either: say so, not what we keep beside them.
+        return MilesDeepError("the output directory is not writable; choose another with -o",
+                              folder)
     return MilesDeepError(f"cannot use the run's state database ({e}); check free space and "
                           "permissions, or delete it to start afresh", path)
 

@@ -63,7 +63,8 @@ def video_table(report, hardware: dict, repeat: int = 1) -> Table:
 @app.command()
 def bench(
     videos: Annotated[list[Path] | None, typer.Argument(
-        help="Video files or folders (searched recursively) to measure")] = None,
+        help="Video files or folders (searched recursively) to measure",
+        readable=False)] = None,  # an unreadable one is our one line, not a usage error
     from_list: FromListOpt = None,
     backend: Annotated[str, typer.Option("--backend", help="cpu or gpu")] = "cpu",
     sampling: Annotated[list[str] | None, typer.Option(

@@ -17,7 +17,8 @@ from milesdeep.pipeline.planner import PlanParams
 
 @app.command()
 def calibrate(
-    videos: Annotated[list[Path] | None, typer.Argument(help="Videos to take frames from")] = None,
+    videos: Annotated[list[Path] | None, typer.Argument(
+        help="Videos to take frames from", readable=False)] = None,
     model: o.ModelOpt = None,
     prototxt: o.ProtoOpt = None,
     weights: o.WeightsOpt = None,
@@ -66,7 +67,9 @@ def calibrate(
     def step(message: str) -> None:
         console.print(escape(message))
 
-    with bar:
+    from milesdeep.pipeline.atomic import removed_if_left_empty
+
+    with removed_if_left_empty(output), bar:
         result = run(bundle, videos, output, precision=precision, frames=frames,
                      method=method, rate=rate, params=params, resample=resample,
                      step=step, progress=progress)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from milesdeep.errors import MilesDeepError
@@ -25,6 +25,24 @@ def check_writable_dir(directory: Path) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise MilesDeepError("the output directory is not writable; choose another with -o",
                              directory)
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(directory: Path | None, ours: Callable[[str], bool] = lambda _: False
+                          ) -> Iterator[None]:
+    """A folder this block creates (-o) is removed again if, at the end, it holds nothing but
+    files `ours` names (a run's state records): a run that wrote nothing leaves nothing."""
+    made = directory is not None and not directory.exists()
+    try:
+        yield
+    finally:
+        if made and directory is not None:
+            with contextlib.suppress(OSError):
+                left = list(directory.iterdir())
+                if all(p.is_file() and ours(p.name) for p in left):
+                    for p in left:
+                        p.unlink()
+                    directory.rmdir()
 
 
 def _name_max(directory: Path) -> int:
