@@ -179,6 +179,34 @@ def two_runs_of_red(seconds: int = 14) -> list[str]:
     return pat
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_a_videos_pieces_appear_together_or_not_at_all(
+        model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        stop: type[BaseException] | BaseException) -> None:
+    """edit -c stopped (Ctrl-C, a full disk) on the second piece left the first under its
+    final name; a video's outputs now appear together or not at all."""
+    from milesdeep.pipeline import remux
+
+    video = colour_video(tmp_path / "v.mp4", two_runs_of_red(), fps=FPS)
+    real, seen = remux._mux, set()
+
+    def second_piece_fails(output, packet) -> None:  # type: ignore[no-untyped-def]
+        seen.add(output.name)
+        if len(seen) == 2:
+            raise stop
+        real(output, packet)
+
+    monkeypatch.setattr(remux, "_mux", second_piece_fails)
+    code = edit(video, "--model", model, "-t", "red", "-u", "2", "-g", "0", "-c")
+    assert code == (130 if stop is KeyboardInterrupt else 1)
+    assert len(seen) == 2
+    pieces = tmp_path / "v.cut"
+    assert not pieces.exists() or not [p for p in pieces.iterdir() if p.is_file()]
+    monkeypatch.setattr(remux, "_mux", real)
+    assert edit(video, "--model", model, "-t", "red", "-u", "2", "-g", "0", "-c") == 0
+    assert sorted(p.name for p in pieces.iterdir()) == ["v.cut.1.mp4", "v.cut.2.mp4"]
+
+
 def test_rerun_replaces_what_a_killed_run_left(
         model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A kill between an output's rename and the file's state row, or between two pieces,

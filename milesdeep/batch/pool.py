@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from milesdeep.batch.job import BatchJob, FileWork
 from milesdeep.errors import MilesDeepError
+from milesdeep.pipeline.atomic import atomic_group
 
 if TYPE_CHECKING:
     from milesdeep.batch.runner import BatchRunner, FileOutcome
@@ -59,7 +60,8 @@ def _work(path: Path) -> tuple[str, Any, Any, float]:
     try:
         st = os.stat(path) if os.path.exists(path) else None
         pre = _JOB.prefetch(path)
-        work: FileWork = _JOB.process(path, pre, None)
+        with atomic_group():  # the file's outputs appear together or not at all
+            work: FileWork = _JOB.process(path, pre, None)
         return "done", st, work, time.perf_counter() - t0
     except MilesDeepError as e:
         return "failed", str(e), None, time.perf_counter() - t0

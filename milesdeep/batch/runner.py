@@ -35,7 +35,7 @@ from rich.table import Table
 from milesdeep.batch.job import BatchJob, FileWork, Progress
 from milesdeep.batch.state import FileKey, StateBook, options_hash
 from milesdeep.errors import MilesDeepError
-from milesdeep.pipeline.atomic import too_long_name
+from milesdeep.pipeline.atomic import atomic_group, too_long_name
 
 Status = Literal["done", "skipped", "failed"]
 
@@ -370,7 +370,7 @@ class BatchRunner:
         t0 = time.perf_counter()
         try:
             st0, pre = fut.result()
-            with self._progress(path, self.job.duration(pre)) as progress:
+            with self._progress(path, self.job.duration(pre)) as progress, atomic_group():
                 work = self.job.process(path, pre, progress)
             return self.finish(path, st0, work, time.perf_counter() - t0)
         except MilesDeepError as e:

@@ -7,6 +7,7 @@ into place only when complete (rename within one directory is atomic on POSIX).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -107,7 +108,11 @@ def atomic_path(final: Path, overwrite: bool = True) -> Iterator[Path]:
             except FileExistsError:  # another run's temporary file: not ours to remove
                 tmp_path = None
         yield tmp_path
-        os.replace(tmp_path, final)
+        group = _GROUP.get()
+        if group is None:
+            os.replace(tmp_path, final)
+        else:  # renamed with the rest of its group (`atomic_group`)
+            group.append((tmp_path, final))
     except OSError as e:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
@@ -116,6 +121,35 @@ def atomic_path(final: Path, overwrite: bool = True) -> Iterator[Path]:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
         raise
+
+
+_GROUP: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
+    "atomic_group", default=None)
+
+
+@contextlib.contextmanager
+def atomic_group() -> Iterator[None]:
+    """Every `atomic_path` completed inside this block is renamed into place only when the
+    block ends well, all together; if it fails (an interrupt, a full disk on the last of a
+    video's pieces or on its plot) none is: one video's outputs appear together or not at all.
+    """
+    group: list[tuple[Path, Path]] = []
+    token = _GROUP.set(group)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in group:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _GROUP.reset(token)
+    for n, (tmp, final) in enumerate(group):
+        try:
+            os.replace(tmp, final)
+        except OSError as e:
+            for rest, _ in group[n:]:
+                rest.unlink(missing_ok=True)
+            raise MilesDeepError(f"cannot write the output ({e.strerror or e})", final) from None
 
 
 def write_text_atomic(final: Path, text: str, overwrite: bool = True) -> Path:
