@@ -168,6 +168,9 @@ def tag_from_predictions(csv: Path, *, params: PlanParams | None = None,
     """Re-plan from a saved predictions file, without the network (`rate`: for a file of one
     row, whose times cannot tell it)."""
     csv = Path(csv)
+    if csv.is_dir():
+        raise MilesDeepError("is a folder; give the <stem>.predictions.csv file to re-plan",
+                             csv)
     if not csv.is_file():
         raise MilesDeepError("no such predictions file", csv)
     preds = read_predictions_csv(csv, rate)

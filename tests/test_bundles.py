@@ -111,6 +111,9 @@ def test_the_input_must_fit_the_manifest(tmp_path: Path) -> None:
     (d / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(MilesDeepError, match="not a readable ONNX model"):
         load_bundle(d)
+    (d / "model.onnx").write_bytes(b"")  # said "exactly one input, it has 0"
+    with pytest.raises(MilesDeepError, match=r"not a readable ONNX model \(it holds no graph"):
+        load_bundle(d)
 
 
 def test_a_fixed_batch_model_takes_any_number_of_images(tmp_path: Path) -> None:

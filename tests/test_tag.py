@@ -73,6 +73,9 @@ def test_replan_from_predictions_without_the_network(video: Path, bundle_dir: Pa
     tag = read_tag(out / "clip one.tag")
     # With a 1 s minimum cut, gray's five seconds now make a cut.
     assert any(c.label == "gray" and (c.start, c.end) == (22, 26) for c in tag.cuts)
+    folder = tmp_path / "d.csv"  # a folder: it said "no such predictions file"
+    folder.mkdir()
+    assert run_app(["tag", "--from-predictions", str(folder)]) == 1
     # -o names a folder: a file name there is refused, for re-planning and for videos.
     for args in (["--from-predictions", str(csv)], [str(video), "--model", str(bundle_dir)]):
         assert run_app(["tag", *args, "-o", str(tmp_path / "clip.tag")]) == 1

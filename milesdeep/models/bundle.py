@@ -222,6 +222,8 @@ def check_onnx_io(onnx_path: Path, spec: InputSpec, n_labels: int, where: Path) 
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:  # onnx raises several types for a bad file
         raise MilesDeepError(f"not a readable ONNX model ({type(e).__name__})", onnx_path) from None
+    if not model.graph.node:  # an empty file parses as an empty model
+        raise MilesDeepError("not a readable ONNX model (it holds no graph)", onnx_path)
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
