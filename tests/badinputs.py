@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tests.testdata import COLOURS, encode_frames, solid
+from tests.testdata import COLOURS, encode_frames, mux_silence, solid
 
 PATTERN = ("red", "blue", "green")  # one colour per second
 
@@ -94,14 +94,7 @@ def audio_only(d: Path) -> Path:
     with av.open(str(path), "w") as out:
         st = out.add_stream("aac", rate=48000)
         st.layout = "mono"
-        for k in range(0, 48000, 1024):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                           layout="mono")
-            f.sample_rate, f.pts, f.time_base = 48000, k, Fraction(1, 48000)
-            for p in st.encode(f):
-                out.mux(p)
-        for p in st.encode():
-            out.mux(p)
+        mux_silence(out, st, 48000)
     return path
 
 

@@ -11,7 +11,7 @@ import pytest
 from milesdeep.errors import MilesDeepError
 from milesdeep.pipeline.decode import PyAVSource, probe, sample_count
 from tests.badinputs import audio_only
-from tests.testdata import encode_frames, solid
+from tests.testdata import encode_frames, mux_silence, solid
 
 # Variable frame rate: irregular gaps, and each frame a distinct grey level.
 VFR_PTS = [0, 100, 150, 700, 1000, 1900, 2050, 2990, 3000, 3500]
@@ -189,15 +189,7 @@ def video_inside_audio(path: Path, fmt: str, bframes: int) -> Path:
         vs = out.add_stream("libx264", rate=25)
         vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
         vs.options = {"bf": str(bframes)}
-        audio = out.add_stream("aac", rate=48000, layout="mono")
-        for start in range(0, 3 * 48000, 1024):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                           layout="mono")
-            f.sample_rate, f.pts, f.time_base = 48000, start, Fraction(1, 48000)
-            for p in audio.encode(f):
-                out.mux(p)
-        for p in audio.encode():
-            out.mux(p)
+        mux_silence(out, out.add_stream("aac", rate=48000, layout="mono"), 3 * 48000)
         for k in range(50):
             f = av.VideoFrame.from_ndarray(solid((5 * k, 100, 50), 64, 96), format="rgb24")
             f.pts = 12 + k

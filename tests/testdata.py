@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,3 +106,17 @@ def colour_bundle(directory: Path, layout: str = "NCHW", channels: str = "RGB",
     write_bundle(directory, "model.onnx", labels, spec, name="colours",
                  output_kind="logits" if logits else "probabilities", other_label="gray")
     return directory
+
+
+def mux_silence(out: Any, stream: Any, samples: int, rate: int = 48000) -> None:
+    """Encode `samples` of mono silence (1024 a frame) into an audio `stream` of `out`."""
+    import av
+
+    for start in range(0, samples, 1024):
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                       layout="mono")
+        f.sample_rate, f.pts, f.time_base = rate, start, Fraction(1, rate)
+        for p in stream.encode(f):
+            out.mux(p)
+    for p in stream.encode():
+        out.mux(p)
