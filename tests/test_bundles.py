@@ -178,3 +178,7 @@ def test_cli_models_lists_builtin_and_cached(tmp_path: Path, monkeypatch: pytest
     out = capsys.readouterr().out
     assert "open-nsfw" in out and "sfw, nsfw" in out
     assert "tiny" in out and "x, y, z" in out and "NCHW BGR, squash to 8x6" in out
+    broken = make_bundle(cache / "models" / ("cd" * 32), labels=("x", "y", "z"))
+    (broken / "model.onnx").write_bytes(b"garbage")  # was listed as a usable model
+    assert run_app(["models"]) == 0
+    assert f"{'cd' * 6}  (cached, unreadable: " in capsys.readouterr().out

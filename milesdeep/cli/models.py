@@ -71,7 +71,7 @@ def models_cmd() -> None:
             lines += [f"{name}  (built-in)", f"  unavailable: {e}"]
     for d in cached_bundles():
         try:
-            bundle = load_bundle(d, check=False)
+            bundle = load_bundle(d)  # the ONNX read too: a listed model is a usable one
         except MilesDeepError as e:
             lines += [f"{d.name[:12]}  (cached, unreadable: {e})"]
             continue
