@@ -149,6 +149,8 @@ class EditJob(ModelJob):
             "precise": self.precise, "export": self.export, "plan": asdict(self.params)}
         if self.faststart:  # only when set: earlier runs' records stay valid
             opts["faststart"] = True
+        if self.predictions is not None and self.run_options.rate != 1.0:
+            opts["rate"] = self.run_options.rate  # read from one-row files; only when set
         if self.predictions is None:
             opts.update(rate=self.run_options.rate, sampling=self.run_options.sampling,
                         adaptive_margin=getattr(self.run_options, "adaptive_margin", None),
@@ -252,7 +254,7 @@ class EditJob(ModelJob):
             if not csv.is_file():
                 raise MilesDeepError(f"no predictions file {csv}; run miles-deep tag on it "
                                      "first, or drop --from-predictions", path)
-            return read_predictions_csv(csv)
+            return read_predictions_csv(csv, self.run_options.rate)
         self.load()
         return self._runner.classify(path, self.run_options, progress, None)
 

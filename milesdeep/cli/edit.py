@@ -186,6 +186,7 @@ def edit(
                                      "folder of <stem>.predictions.csv files", from_predictions)
         job.bundle = _bundle_for_predictions(model, caffe)
         job.predictions = from_predictions
+        job.run_options = RunOptions(rate=rate)  # for a one-row file, whose times cannot tell
         if from_predictions.is_file():
             from milesdeep.pipeline.predictions import read_predictions_csv
 
