@@ -444,3 +444,17 @@ def test_edit_into_an_unwritable_folder_says_so(model: Path, tmp_path: Path) -> 
     assert errors == [f"error: {d}: the output directory is not writable; choose another "
                       "with -o"]
     assert sorted(p.name for p in d.iterdir()) == ["v.mp4"]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["tag", "v.mp4", "--rate", "0"], "error: Invalid value for '--rate': "),
+    (["edit", "v.mp4", "--margin", "inf"], "error: Invalid value for '--margin': "),
+    (["tag", "--bogus"], "error: No such option: --bogus"),
+    (["bogus"], "error: No such command 'bogus'."),
+])
+def test_a_bad_option_is_one_line(args: list[str], says: str,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """click's four-line usage block (Usage:, Try ..., blank, Error:) is one line, exit 2."""
+    assert run_app(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(says) and err.endswith(" -h)") and len(err.splitlines()) == 1

@@ -58,6 +58,13 @@ def run_app(argv: list[str] | None = None) -> int:
             console.print("[bold red]aborted[/]")
             return 1
         # Typer 0.2x vendors its own click: its usage errors are TyperExceptions.
+        # A usage error (click's, or the click Typer 0.2x vendors: same class name).
+        usage = any(c.__name__ == "UsageError" for c in type(e).__mro__)
+        if usage and getattr(e, "ctx", None) is not None:
+            # One line, as every other error: what is wrong and where the help is.
+            console.print(f"[bold red]error:[/] {escape(e.format_message())} (see "
+                          f"{escape(e.ctx.command_path)} -h)", soft_wrap=True, markup=True)
+            return int(e.exit_code)
         if isinstance(e, (click.ClickException, typer.TyperException)) and hasattr(e, "show"):
             e.show(file=sys.stderr)
             return int(getattr(e, "exit_code", 2))
