@@ -363,3 +363,44 @@ def test_precision_needs_the_right_onnx(tmp_path: Path) -> None:
         onnx_for_precision(bundle, "fp16", tmp_path)
     with pytest.raises(MilesDeepError, match="unknown precision"):
         onnx_for_precision(bundle, "bf16", None)
+
+
+def test_timing_caches_are_per_gpu_model(tmp_path: Path) -> None:
+    """Two GPUs of one compute capability time tactics differently: a shared cache was
+    refused by TensorRT (set_timing_cache False), and the build failed after writing."""
+    from milesdeep.trt_engine import cache
+
+    a = cache.timing_cache_path(tmp_path, "10.13.0.35", (8, 6), "NVIDIA GeForce RTX 3090")
+    b = cache.timing_cache_path(tmp_path, "10.13.0.35", (8, 6), "NVIDIA A40")
+    assert a != b and "RTX-3090" in a.name and "sm86" in a.name
+
+
+def test_nvdec_planes_are_viewed_with_byte_strides() -> None:
+    """PyNvVideoCodec's plane strides count elements: for P016 (2-byte samples) the views
+    read the wrong memory. They are made from the (packed) shape, in bytes."""
+    from types import SimpleNamespace
+
+    from milesdeep.pipeline.decode_nvdec import _view
+
+    made: dict = {}
+
+    class FakeArray:
+        def __init__(self, shape, dtype, memptr, strides):  # noqa: ANN001
+            made.update(shape=shape, strides=strides, size=memptr.mem.size)
+            self.ndim, self.shape = len(shape), shape
+
+        def __getitem__(self, key):  # noqa: ANN001
+            return ("squeezed", self.shape[:2])
+
+    fake = SimpleNamespace(
+        dtype=np.dtype, ndarray=FakeArray,
+        cuda=SimpleNamespace(UnownedMemory=lambda ptr, size, owner: SimpleNamespace(size=size),
+                             MemoryPointer=lambda mem, off: SimpleNamespace(mem=mem)))
+    luma = SimpleNamespace(shape=[4, 6, 1], stride=[6, 1, 1], data=1000)
+    chroma = SimpleNamespace(shape=[2, 3, 2], stride=[6, 2, 1], data=2000)
+    assert _view(fake, None, luma, np.uint16) == ("squeezed", (4, 6))
+    assert made["strides"] == (12, 2, 2) and made["size"] == 4 * 6 * 2
+    _view(fake, None, chroma, np.uint16)
+    assert made["strides"] == (12, 4, 2) and made["size"] == 2 * 3 * 2 * 2
+    _view(fake, None, chroma, np.uint8)  # NV12: what the library's strides said
+    assert made["strides"] == (6, 2, 1)

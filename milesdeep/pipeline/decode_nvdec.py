@@ -229,10 +229,14 @@ class DeviceFrame(Frame):
 
 def _view(cupy: Any, owner: Any, plane: Any, dtype: Any) -> Any:
     """A CuPy array over a decoder surface plane (no copy, no ownership); a trailing axis of
-    one (the luma plane's (H, W, 1)) is dropped."""
+    one (the luma plane's (H, W, 1)) is dropped.
+
+    The planes are packed (PyNvVideoCodec lays them out so: `DecoderCommon.hpp`), and the
+    strides are made here from the shape: the library's own count elements, not bytes, which
+    for P016 (2-byte samples) read the wrong memory."""
     shape = tuple(int(s) for s in plane.shape)
-    strides = tuple(int(s) for s in plane.stride)  # bytes, as in __cuda_array_interface__
     itemsize = cupy.dtype(dtype).itemsize
+    strides = tuple(math.prod(shape[k + 1:]) * itemsize for k in range(len(shape)))
     size = sum((n - 1) * st for n, st in zip(shape, strides)) + itemsize
     mem = cupy.cuda.UnownedMemory(int(plane.data), size, owner)
     arr = cupy.ndarray(shape, dtype=dtype, memptr=cupy.cuda.MemoryPointer(mem, 0),
@@ -265,6 +269,10 @@ class NvdecSource:
         self.index = demux_index(self.path, self.info)
         if self.index.unmappable:
             raise NvdecUnsupported(f"{self.index.unmappable} packets have no timestamp")
+        if self.info.width % 2 or self.info.height % 2:
+            # NVDEC's NV12 surface then holds a chroma row/column the library's plane views
+            # leave out (and pads the width): the CPU decoder takes such pictures as they are.
+            raise NvdecUnsupported(f"odd picture size {self.info.width}x{self.info.height}")
         self.colour, self.rotation, pix_fmt = first_frame_format(self.path)
         fmt = nvdec_format(self.info.codec, pix_fmt)
         if isinstance(fmt, str):
@@ -281,15 +289,18 @@ class NvdecSource:
                 codec=nvc.cudaVideoCodec.__members__[fmt.codec],
                 chromaformat=nvc.cudaVideoChromaFormat.__members__[fmt.chroma],
                 bitdepth=fmt.bit_depth)
-        except (KeyError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001  PyNvVideoCodec's own exceptions derive from it
             raise NvdecUnsupported(f"cannot query NVDEC for {fmt.codec} ({e})") from None
         if not caps.get("supported"):
             raise NvdecUnsupported(f"this GPU's NVDEC cannot decode {fmt.codec} "
                                    f"{fmt.chroma} {fmt.bit_depth}-bit")
-        if self.info.width > caps.get("width_max", 1 << 30) or \
-                self.info.height > caps.get("height_max", 1 << 30):
-            raise NvdecUnsupported(f"{self.info.width}x{self.info.height} is larger than this "
-                                   "GPU's NVDEC supports")
+        w, h = self.info.width, self.info.height
+        if w > caps.get("width_max", 1 << 30) or h > caps.get("height_max", 1 << 30):
+            raise NvdecUnsupported(f"{w}x{h} is larger than this GPU's NVDEC supports")
+        if w < caps.get("width_min", 0) or h < caps.get("height_min", 0):
+            raise NvdecUnsupported(f"{w}x{h} is smaller than this GPU's NVDEC supports")
+        if ((w + 15) // 16) * ((h + 15) // 16) > caps.get("mb_num_max", 1 << 30):
+            raise NvdecUnsupported(f"{w}x{h} has more macroblocks than this GPU's NVDEC takes")
 
     @property
     def expected_samples(self) -> int:
@@ -311,19 +322,31 @@ class NvdecSource:
         runs, frames, times = self.plan()
         if not runs:
             raise MilesDeepError("no picture could be decoded from the video stream", self.path)
+        def nvdec_failed(e: Exception) -> MilesDeepError:
+            # PyNvVideoCodec raises its own exception types (Exception subclasses) and bare
+            # Exceptions: one line, not a traceback.
+            return MilesDeepError(f"NVDEC failed on this file ({type(e).__name__}: "
+                                  f"{str(e)[:200]}); try --backend cpu", self.path)
+
         with self.gpu.activated():
-            decoder = nvc.SimpleDecoder(
-                str(self.path), gpu_id=self.gpu.device_id,
-                cuda_context=self.gpu.context_handle, cuda_stream=self.gpu.stream_ptr,
-                use_device_memory=True, need_scanned_stream_metadata=True,
-                output_color_type=nvc.OutputColorType.NATIVE)
-            # Waiting for the scan also hands its key-frame indices to the seeker (mov/mkv).
-            decoder.get_scanned_stream_metadata()
+            try:
+                decoder = nvc.SimpleDecoder(
+                    str(self.path), gpu_id=self.gpu.device_id,
+                    cuda_context=self.gpu.context_handle, cuda_stream=self.gpu.stream_ptr,
+                    use_device_memory=True, need_scanned_stream_metadata=True,
+                    output_color_type=nvc.OutputColorType.NATIVE)
+                # Waiting for the scan also hands its key-frame indices to the seeker (mov/mkv).
+                decoder.get_scanned_stream_metadata()
+            except Exception as e:  # noqa: BLE001
+                raise nvdec_failed(e) from None
             wanted = [frames[r.frame] for r in runs]
             decoded: dict[int, DeviceFrame] = {}
             pending = list(runs)
             for chunk in batches(wanted, self.decode_batch):
-                got = decoder.get_batch_frames_by_index(chunk)
+                try:
+                    got = decoder.get_batch_frames_by_index(chunk)
+                except Exception as e:  # noqa: BLE001
+                    raise nvdec_failed(e) from None
                 if len(got) != len(chunk):
                     raise MilesDeepError(f"NVDEC returned {len(got)} of {len(chunk)} frames "
                                          "asked for; try --backend cpu", self.path)

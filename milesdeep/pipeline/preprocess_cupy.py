@@ -40,6 +40,7 @@ class CupyPreprocessor:
         self.cupy = cupy
         try:
             self.module = cupy.RawModule(code=kernel_source(), options=tuple(NVRTC_OPTIONS))
+            self.module.compile()  # now, not at the first launch (RawModule compiles lazily)
         except cupy.cuda.compiler.CompileException as e:  # a packaging or toolkit problem
             raise MilesDeepError(f"the preprocessing kernel does not compile with this CUDA "
                                  f"toolkit's NVRTC: {str(e).splitlines()[0]}") from None

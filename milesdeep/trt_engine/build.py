@@ -17,6 +17,7 @@ TensorRT API pages read: see `milesdeep.trt_engine.compat`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,10 +130,13 @@ def build_engine(req: BuildRequest, gpu_name: str, compute_capability: tuple[int
         monitor = make_progress_monitor(trt, on_progress)
         config.progress_monitor = monitor  # kept alive by `monitor` until the build ends
 
-    tc_path = timing_cache_path(out.parent, trt.__version__, compute_capability)
+    tc_path = timing_cache_path(out.parent, trt.__version__, compute_capability, gpu_name)
     blob = tc_path.read_bytes() if tc_path.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = config.create_timing_cache(blob) if blob else None
+    # set_timing_cache says False for another device's cache, create_timing_cache None for an
+    # unreadable one: then the build times afresh (and saves its own).
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -162,6 +166,8 @@ def build_engine(req: BuildRequest, gpu_name: str, compute_capability: tuple[int
         with open(tmp, "wb") as f:
             f.write(memoryview(serialized))
     save_sidecar(out, sidecar)
-    with atomic_path(tc_path) as tmp:
-        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    timing = config.get_timing_cache()
+    if timing is not None:  # a speed-up for the next build, never a reason to fail this one
+        with contextlib.suppress(MilesDeepError), atomic_path(tc_path) as tmp:
+            tmp.write_bytes(memoryview(timing.serialize()))
     return out, sidecar

@@ -62,9 +62,12 @@ def find_engines(model_name: str, model_sha256: str, directory: Path | None = No
 
 
 def timing_cache_path(directory: Path, tensorrt_version: str,
-                      compute_capability: tuple[int, int]) -> Path:
+                      compute_capability: tuple[int, int], gpu_name: str | None = None) -> Path:
+    """Per TensorRT version, compute capability and GPU model: two GPUs of one compute
+    capability (an RTX 3090 and an A40) time tactics differently."""
     cc = f"{compute_capability[0]}{compute_capability[1]}"
-    return directory / f"timing-sm{cc}-trt{_slug(tensorrt_version)}.cache"
+    gpu = f"-{_slug(gpu_name)}" if gpu_name else ""
+    return directory / f"timing-sm{cc}{gpu}-trt{_slug(tensorrt_version)}.cache"
 
 
 def rebuild_command(model_arg: str | None, precision: str, batch: int | None = None) -> str:
