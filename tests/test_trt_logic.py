@@ -207,6 +207,14 @@ def test_progress_monitor_reports_phase_steps() -> None:
                       ("Tactics", "Building", 0, 2), ("Tactics", None, 2, 2),
                       ("Building", None, 3, 3)]
 
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # An exception in the display must not unwind through TensorRT's threads: it cancels.
+    m = make_progress_monitor(FakeTrt, interrupted)
+    m.phase_start("Building", None, 3)
+    assert m.step_complete("Building", 0) is False
+
 
 # --- sidecar and staleness -----------------------------------------------------------------
 

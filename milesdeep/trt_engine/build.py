@@ -126,6 +126,7 @@ def build_engine(req: BuildRequest, gpu_name: str, compute_capability: tuple[int
     profile = builder.create_optimization_profile()
     profile.set_shape(inp.name, lo, opt, hi)
     config.add_optimization_profile(profile)
+    monitor = None
     if on_progress is not None:
         monitor = make_progress_monitor(trt, on_progress)
         config.progress_monitor = monitor  # kept alive by `monitor` until the build ends
@@ -139,6 +140,8 @@ def build_engine(req: BuildRequest, gpu_name: str, compute_capability: tuple[int
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     serialized = builder.build_serialized_network(network, config)
+    if monitor is not None and monitor.error is not None:  # Ctrl-C during the build, say
+        raise monitor.error
     if serialized is None:
         raise MilesDeepError("TensorRT could not build the engine (see the messages above; "
                              "a smaller --batch or a larger workspace may help)", onnx_path)

@@ -119,22 +119,32 @@ def make_progress_monitor(trt: Any, on_event: Callable[[str, str | None, int, in
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.steps: dict[str, int] = {}
+            # An exception in a callback cancels the build; the builder raises it after.
+            self.error: BaseException | None = None
+
+        def _event(self, *args: Any) -> None:
+            # An exception (Ctrl-C, a display error) must not unwind through TensorRT's C++
+            # threads: it cancels the build instead, which then returns no engine.
+            try:
+                with lock:
+                    on_event(*args)
+            except BaseException as e:  # noqa: BLE001
+                self.error = self.error or e
 
         def phase_start(self, phase_name: str, parent_phase: str | None,
                         num_steps: int) -> None:
             with lock:
                 self.steps[phase_name] = num_steps
-                on_event(phase_name, parent_phase, 0, num_steps)
+            self._event(phase_name, parent_phase, 0, num_steps)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            with lock:
-                on_event(phase_name, None, step + 1, self.steps.get(phase_name, 0))
-            return True
+            self._event(phase_name, None, step + 1, self.steps.get(phase_name, 0))
+            return self.error is None
 
         def phase_finish(self, phase_name: str) -> None:
             with lock:
                 n = self.steps.pop(phase_name, 0)
-                on_event(phase_name, None, n, n)
+            self._event(phase_name, None, n, n)
 
     return Monitor()
 
