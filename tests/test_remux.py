@@ -589,3 +589,46 @@ def test_an_mxf_start_timecode_moves_too(tmp_path: Path) -> None:
     first = V.read_frame_codes(result.outputs[0])[0]
     assert first > 0
     assert _timecodes(result.outputs[0]) == {f"10:00:00:{first:02d}"}
+
+
+def test_an_open_gop_stream_is_cut_at_keyframes_with_a_note(tmp_path: Path) -> None:
+    """x264 --open-gop: the keyframes after the first are I pictures, not IDR. A precise cut
+    copied on at one after its re-encoded start, and FFmpeg's decoder dropped pictures there
+    (10 of 51, silently); it now cuts at keyframes, saying why, and a joint of two ranges
+    says that players drop pictures after it."""
+    import av
+
+    from tests.testdata import encode_frames, solid
+
+    frames = [solid((3 * k % 256, 90, 60), 48, 64) for k in range(100)]
+    src = encode_frames(tmp_path / "open.mp4", frames, [40 * k for k in range(100)], gop=25,
+                        options={"bf": "3", "x264-params": "open-gop=1:keyint=25:min-keyint=25"})
+    index = remux.index_media(src)
+    later = [r for k, r in zip(index.video.key, index.video.resets) if k][1:]
+    assert len(later) >= 3 and not any(later)
+    one = remux.cut_video(index, [TimeRange(F(51, 25), F(3))], tmp_path / "one", precise=True)
+    assert not one.plans[0].precise
+    assert any("not IDR pictures" in n and "cutting at keyframes" in n for n in one.plans[0].notes)
+    with av.open(str(one.outputs[0])) as c:  # every picture the plan copies, decoded
+        assert sum(1 for _ in c.decode(video=0)) == round(one.plans[0].duration * 25) >= 24
+    two = remux.cut_video(index, [TimeRange(F(0), F(1, 2)), TimeRange(F(3), F(7, 2))],
+                          tmp_path / "two")
+    assert any("players drop pictures of the ranges after the first" in n
+               for n in two.plans[0].notes)
+
+
+def test_a_precise_range_inside_one_picture_keeps_that_picture(tmp_path: Path) -> None:
+    """A slide show (a picture every 3 s): 4-6 s holds no picture start, and --precise wrote
+    an empty, unreadable file and said "wrote"; it keeps the picture on screen, as a
+    keyframe cut does."""
+    import av
+
+    from tests.testdata import encode_frames, solid
+
+    frames = [solid((40 * k, 90, 60), 48, 64) for k in range(6)]
+    src = encode_frames(tmp_path / "slides.mp4", frames, [3000 * k for k in range(6)], gop=1)
+    result = remux.cut_video(remux.index_media(src), [TimeRange(F(4), F(6))], tmp_path / "o",
+                             precise=True)
+    assert result.plans[0].reports()[0].actual == TimeRange(F(3), F(6))
+    with av.open(str(result.outputs[0])) as c:
+        assert [f.pts * f.time_base for f in c.decode(video=0)] == [0]

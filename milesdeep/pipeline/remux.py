@@ -38,7 +38,13 @@ import av
 from milesdeep.errors import MilesDeepError
 from milesdeep.pipeline import smartcut
 from milesdeep.pipeline.atomic import atomic_path
-from milesdeep.pipeline.decode import VIDEO_EXTENSIONS, keyframe_decodable, main_video, probe
+from milesdeep.pipeline.decode import (
+    VIDEO_EXTENSIONS,
+    keyframe_decodable,
+    keyframe_resets,
+    main_video,
+    probe,
+)
 from milesdeep.pipeline.ranges import TimeRange, format_time
 from milesdeep.pipeline.timecode import shifted, source_timecode
 
@@ -60,6 +66,9 @@ class StreamIndex:
     # video: keyframes decoding can start at and give that very picture (`keyframe_decodable`:
     # not an intra-refresh recovery point, whose picture is whole only frames later)
     whole: list[bool] = field(default_factory=list)
+    # video: keyframes that start a new sequence (H.264 IDR): a stream copied on at one that
+    # does not (an open-GOP I picture) after other pictures loses pictures in FFmpeg's decoder
+    resets: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +140,7 @@ def index_media(path: Path) -> MediaIndex:
             elif not _rewritten(c, s, tc):
                 skipped.append(f"stream {s.index} ({s.type})")
         alone = keyframe_decodable(video.codec_context.name, video.codec_context.extradata)
+        resets = keyframe_resets(video.codec_context.name, video.codec_context.extradata)
         try:
             for packet in c.demux([c.streams[i] for i in carried]):
                 if not _usable(packet):
@@ -143,6 +153,8 @@ def index_media(path: Path) -> MediaIndex:
                 if si.index == vindex:
                     si.whole.append(packet.is_keyframe
                                     and alone(memoryview(packet)) is not False)
+                    si.resets.append(packet.is_keyframe
+                                     and resets(memoryview(packet)) is not False)
         except av.error.FFmpegError as e:
             raise MilesDeepError(f"cannot read the video ({e})", path) from None
     v = carried.pop(vindex)
@@ -330,7 +342,14 @@ def _precise_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool) 
         start = _next_pts(index, index.ticks(r.start))
         end = _next_pts(index, index.ticks(r.end))
         if start >= end:
-            continue
+            # No picture starts inside the range (a slide show's long pictures, a range within
+            # one frame): it keeps the picture on screen over it, as a keyframe cut would,
+            # rather than nothing (an empty file said "wrote").
+            i = bisect.bisect_right(index.sorted_pts, index.ticks(r.start)) - 1
+            if i < 0:
+                continue
+            start = index.sorted_pts[i]
+            end = _next_pts(index, Fraction(start + 1))
         if merge and spans and start <= spans[-1].end:
             spans[-1].end = max(spans[-1].end, end)
             spans[-1].planned.append(r)
@@ -427,6 +446,11 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
         if reason:
             notes.append(f"--precise: {reason}; cutting at keyframes instead")
             precise = False
+        elif _open_gop(index):
+            notes.append("--precise: the keyframes are not IDR pictures (an open-GOP H.264 "
+                         "stream), and the copy after a re-encoded start would lose pictures; "
+                         "cutting at keyframes instead")
+            precise = False
     notes += [f"left out {what}: only video, audio and subtitles are carried"
               for what in index.skipped]
     if precise:
@@ -438,6 +462,12 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
         spans = _precise_spans(whole, ranges, merge)
     else:
         spans = _keyframe_spans(index, ranges, merge)
+        if len(spans) > 1 and _open_gop(index):
+            notes.append("the keyframes are not IDR pictures (an open-GOP H.264 stream): "
+                         "FFmpeg-based players drop pictures of the ranges after the first; "
+                         "-c writes each range as a file of its own, which plays whole")
+    if not spans:  # ranges before the first picture: an empty file is no output
+        raise MilesDeepError("the kept time holds no picture of the video", index.path)
     out_start, outs = 0, []
     video_out: list[int] = []
     for s in spans:
@@ -477,6 +507,15 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
         others[si.index] = planner(si, index, a_spans, a_outs)
     _chain_prepends(spans)
     return EditPlan(index, spans, precise, notes, pairs, others)
+
+
+def _open_gop(index: MediaIndex) -> bool:
+    """H.264 whose keyframes (I pictures; an intra refresh's recovery points are handled as
+    such, `_whole_keyframes`) after the first are not all IDR pictures (x264 --open-gop)."""
+    v = index.video
+    keys = [r for k, r, w in zip(v.key, v.resets, v.whole) if k and w] \
+        if v.codec == "h264" else []
+    return not all(keys[1:])
 
 
 def _check_distinct(index: MediaIndex, pts: Sequence[int]) -> None:
