@@ -164,12 +164,31 @@ def test_a_named_input_is_never_written_over(
                            "run; process them separately or write the outputs elsewhere with -o"]
     assert sha(named) == before
     assert colours(tmp_path / "a.cut.cut.mp4") == ["red"] * 4 * FPS  # the named one was cut
+    alias = tmp_path / "alias.mp4"  # the same input through a symlink
+    alias.symlink_to(named)
+    assert edit(a, alias, "--model", model, "-t", "red", "-u", "2", "-g", "0",
+                "--overwrite") == 1
+    assert "its output would replace" in capsys.readouterr().err and sha(named) == before
+    alias.unlink()
     tagged = tmp_path / "t"
     tagged.mkdir()
     own = colour_video(tagged / "v.mp4", red_at(2), fps=FPS).rename(tagged / "v.tag")
     assert run_app(["tag", str(own), "--model", str(model)]) == 1
     assert "it has the name of its own output, which would replace it" in capsys.readouterr().err
     assert own.read_bytes() and sorted(p.name for p in tagged.iterdir()) == ["v.tag"]
+
+
+def test_tag_over_a_library_leaves_out_the_cuts_edit_made(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    colour_video(lib / "v.mp4", red_at(2), fps=FPS)
+    assert edit(lib, "--model", model, "-t", "red", "-u", "2", "-g", "0") == 0
+    assert edit(lib, "--model", model, "-t", "red", "-u", "2", "-g", "0", "-c") == 0
+    capsys.readouterr()
+    assert run_app(["tag", str(lib), "--model", str(model)]) == 0
+    assert "left out 2 file(s) named like edit outputs" in capsys.readouterr().err
+    assert sorted(p.name for p in lib.rglob("*.tag")) == ["v.tag"]
 
 
 def two_runs_of_red(seconds: int = 14) -> list[str]:

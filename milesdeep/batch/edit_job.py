@@ -37,6 +37,14 @@ def is_edit_output_name(path: Path) -> bool:
     return bool(_OUTPUT_NAME.match(Path(path).stem))
 
 
+def drop_walked_outputs(paths: list[Path], walked: set[Path]) -> tuple[list[Path], int]:
+    """Leave out files found by walking a folder (`walked`) that are named like edit outputs
+    (`<stem>.cut.<ext>`, `<stem>.cut/<stem>.cut.<i>.<ext>`), so that editing a folder twice
+    does not edit the first run's cuts. A file named outright is always kept."""
+    kept = [p for p in paths if p not in walked or not is_edit_output_name(p)]
+    return kept, len(paths) - len(kept)
+
+
 def parse_targets(targets: str | None, all_but_other: bool, labels: tuple[str, ...],
                   other: str | None) -> list[str]:
     """-t L1,L2, or (default, and -x) every label but the model's "other" one."""

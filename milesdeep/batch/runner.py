@@ -240,20 +240,21 @@ class BatchRunner:
         for p in paths:
             outputs_of_run.update(os.path.abspath(f) for f in self.job.output_paths(p))
         found = {os.path.abspath(p) for p in walked}
-        named = {os.path.abspath(p) for p in paths} - found
+        # By real path: a named input reached through a symlink is the file behind it.
+        named = {os.path.realpath(p) for p in paths if os.path.abspath(p) not in found}
         pending: list[Path] = []
         for p in paths:
             here = os.path.abspath(p)
             outputs = self.job.output_paths(p)
-            mine = {os.path.abspath(f) for f in outputs}
-            if here in mine:
+            mine = {os.path.realpath(f) for f in outputs}
+            if os.path.realpath(p) in mine:
                 known[p] = FileOutcome(p, "failed", str(MilesDeepError(
                     "it has the name of its own output, which would replace it; rename it or "
                     "write the outputs elsewhere with -o", p)))
                 continue
             if here in outputs_of_run and here in found:
                 continue  # an output of this very run found by walking a folder
-            inputs = sorted((mine & named) - {here})
+            inputs = sorted((mine & named) - {os.path.realpath(p)})
             if inputs:  # a file named to be processed is never written over
                 known[p] = FileOutcome(p, "failed", str(MilesDeepError(
                     f"its output would replace {one_line(inputs[0])}, an input of this run; "

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from milesdeep.batch.cli import ForceOpt, FromListOpt, JobsOpt, gather_inputs, run_cli_batch
-from milesdeep.batch.edit_job import EXPORTS, EditJob, EditReport, is_edit_output_name
+from milesdeep.batch.edit_job import EXPORTS, EditJob, EditReport, drop_walked_outputs
 from milesdeep.batch.edit_job import parse_targets as parse_targets
 from milesdeep.batch.inputs import found_in_folders
 from milesdeep.batch.runner import FileOutcome, one_line
@@ -26,14 +26,6 @@ from milesdeep.pipeline.planner import PlanParams
 from milesdeep.pipeline.ranges import format_time
 
 USAGE = "miles-deep edit VIDEO|FOLDER [...]"
-
-
-def drop_walked_outputs(paths: list[Path], walked: set[Path]) -> tuple[list[Path], int]:
-    """Leave out files found by walking a folder (`walked`) that are named like edit outputs
-    (`<stem>.cut.<ext>`, `<stem>.cut/<stem>.cut.<i>.<ext>`), so that editing a folder twice
-    does not edit the first run's cuts. A file named outright is always kept."""
-    kept = [p for p in paths if p not in walked or not is_edit_output_name(p)]
-    return kept, len(paths) - len(kept)
 
 
 def _bundle_for_predictions(model: str | None, caffe: tuple[Path | None, ...]
