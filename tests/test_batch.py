@@ -352,3 +352,25 @@ def test_worker_processes_opening_a_new_state_db_at_once(tmp_path: Path) -> None
     while not errors.empty():
         found.append(errors.get())
     assert found == []
+
+
+def test_a_rerun_redoes_a_file_whose_outputs_another_run_rewrote(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run A, then B (other options, the same output files), then A again: A's row still
+    counted as done (its outputs existed), and B's outputs stayed. A damaged output too."""
+    video = colour_video(tmp_path / "v.mp4", pattern(0, 6), fps=5)
+    out = tmp_path / "out"
+    csv = out / "v.predictions.csv"
+
+    def tag(*extra: str) -> str:
+        assert run_app(["tag", str(video), "--model", str(model), "-o", str(out), *extra]) == 0
+        return capsys.readouterr().err
+
+    tag()
+    rows_a = csv.read_text().count("\n")
+    tag("--rate", "2")
+    assert csv.read_text().count("\n") > rows_a
+    assert "skipped" not in tag() and csv.read_text().count("\n") == rows_a
+    assert "skipped" in tag()  # unchanged since: done
+    (out / "v.tag").write_text("garbage")
+    assert "skipped" not in tag() and (out / "v.tag").read_text() != "garbage"

@@ -89,6 +89,27 @@ def _db_error(e: sqlite3.Error, path: Path) -> MilesDeepError:
                           "permissions, or delete it to start afresh", path)
 
 
+def _entry(output: Path) -> list[Any]:
+    """An output as recorded: its path, size and modification time (a later run with other
+    options rewrites the same files, and this row must then no longer count as done)."""
+    st = os.stat(output)
+    return [os.fsdecode(output), st.st_size, st.st_mtime_ns]
+
+
+def _path(entry: str | list[Any]) -> Path:
+    return Path(entry if isinstance(entry, str) else entry[0])
+
+
+def _unchanged(entry: str | list[Any]) -> bool:
+    """Is the recorded output there as it was written? (Rows of earlier versions hold the
+    path alone: there, that it exists.)"""
+    try:
+        st = os.stat(_path(entry))
+    except OSError:
+        return False
+    return isinstance(entry, str) or (st.st_size, st.st_mtime_ns) == (entry[1], entry[2])
+
+
 class StateDB:
     """One output directory's state database, opened lazily."""
 
@@ -153,8 +174,8 @@ class StateDB:
             raise _db_error(e, self.path) from None
         if row is None or row[0] != key.size or row[1] != key.mtime_ns:
             return None
-        outputs = [Path(p) for p in json.loads(row[2])]
-        return outputs if all(p.exists() for p in outputs) else None
+        entries = json.loads(row[2])
+        return [_path(e) for e in entries] if all(map(_unchanged, entries)) else None
 
     def record(self, key: FileKey, command: str, outputs: Sequence[Path],
                seconds: float) -> None:
@@ -165,7 +186,7 @@ class StateDB:
             conn.execute(
                 "INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (os.fsencode(key.path), key.size, key.mtime_ns, key.model_key,
-                 key.options_hash, command, json.dumps([os.fsdecode(p) for p in outputs]),
+                 key.options_hash, command, json.dumps([_entry(p) for p in outputs]),
                  float(seconds), time.time()),
             )
         except sqlite3.DatabaseError as e:
@@ -206,7 +227,7 @@ class StateDB:
         for r in cur.fetchall():
             row = dict(zip(names, r))
             row["path"] = Path(os.fsdecode(row["path"]))
-            row["outputs"] = [Path(p) for p in json.loads(row["outputs"])]
+            row["outputs"] = [_path(e) for e in json.loads(row["outputs"])]
             out.append(row)
         return out
 
