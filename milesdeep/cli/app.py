@@ -52,20 +52,18 @@ def run_app(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except Exception as e:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, (click.exceptions.Abort, typer.Abort)):
+        # By class name: Typer 0.2x vendors its own click (a fresh install has no `click` to
+        # import), and plain click's classes are named the same.
+        names = {c.__name__ for c in type(e).__mro__}
+        if "Abort" in names:
             console.print("[bold red]aborted[/]")
             return 1
-        # Typer 0.2x vendors its own click: its usage errors are TyperExceptions.
-        # A usage error (click's, or the click Typer 0.2x vendors: same class name).
-        usage = any(c.__name__ == "UsageError" for c in type(e).__mro__)
-        if usage and getattr(e, "ctx", None) is not None:
+        if "UsageError" in names and getattr(e, "ctx", None) is not None:
             # One line, as every other error: what is wrong and where the help is.
             console.print(f"[bold red]error:[/] {escape(e.format_message())} (see "
                           f"{escape(e.ctx.command_path)} -h)", soft_wrap=True, markup=True)
             return int(e.exit_code)
-        if isinstance(e, (click.ClickException, typer.TyperException)) and hasattr(e, "show"):
+        if "ClickException" in names and hasattr(e, "show"):
             e.show(file=sys.stderr)
             return int(getattr(e, "exit_code", 2))
         raise
