@@ -18,11 +18,13 @@ Modes:
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Literal
 
 import numpy as np
@@ -150,16 +152,35 @@ def probe(path: Path) -> VideoInfo:
     first try skips the pictures FFmpeg's probe would decode; a stream whose size only
     decoding tells (MPEG-TS, raw H.264), is probed again in full. Where the header leaves the
     start unknown (Matroska), the first packets' times tell it (as a full probe finds it):
-    a start taken as 0 there made every cut of a file that starts late land that much off."""
+    a start taken as 0 there made every cut of a file that starts late land that much off.
+
+    A run asks this of each file several times (the sampler, the cutter, the batch's checks):
+    it is read once while the file stays the same (path, size, modification time)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns) \
+            if S_ISREG(st.st_mode) else None
+    except OSError:  # open_video says what is wrong
+        key = None
+    if key in _PROBED:
+        return replace(_PROBED[key], path=path)
     for probed in (True, False):
         container = open_video(path, probed=probed)
         try:
-            info = _info(Path(path), container)
+            info = _info(path, container)
         finally:
             container.close()
         if info.width > 0 and info.height > 0 and info.codec and info.start_known:
             break
+    if key is not None:
+        if len(_PROBED) >= 256:
+            _PROBED.pop(next(iter(_PROBED)))
+        _PROBED[key] = replace(info)
     return info
+
+
+_PROBED: dict[tuple[str, int, int], VideoInfo] = {}  # `probe`'s answers, oldest first
 
 
 def _first_times(container, vs, packets: int = 64) -> tuple[int | None, int | None]:
