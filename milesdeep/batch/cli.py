@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from milesdeep.batch.inputs import VIDEO_EXTENSIONS, expand_inputs
+from milesdeep.batch.inputs import VIDEO_EXTENSIONS, expand_inputs, found_in_folders
 from milesdeep.batch.job import BatchJob
 from milesdeep.batch.runner import BatchSummary, FileOutcome, run_batch
 from milesdeep.errors import MilesDeepError
@@ -49,6 +49,25 @@ def gather_inputs(videos: Sequence[Path] | None, from_list: Path | None, usage: 
         where = ", ".join(str(v) for v in (videos or [])) or str(from_list)
         raise MilesDeepError(f"no video files found in {where}")
     return paths
+
+
+def gather_walked(videos: Sequence[Path] | None, from_list: Path | None, usage: str,
+                  command: str) -> tuple[list[Path], set[Path]]:
+    """`gather_inputs`, less the files a folder walk found named like edit's outputs (a
+    library holds an earlier edit's cuts: `*.cut.*`, said once), and the paths found by
+    walking (for the runner: `run_cli_batch(walked=...)`)."""
+    from milesdeep.batch.edit_job import drop_walked_outputs
+    from milesdeep.cli.app import console
+
+    paths = gather_inputs(videos, from_list, usage)
+    walked = found_in_folders(paths, videos or [], from_list)
+    paths, left_out = drop_walked_outputs(paths, walked)
+    if left_out:
+        console.print(f"left out {left_out} file(s) named like edit outputs (*.cut.*) found in "
+                      "folders", markup=False, highlight=False, soft_wrap=True)
+    if not paths:
+        raise MilesDeepError(f"no video files to {command} (only earlier edit outputs found)")
+    return paths, walked
 
 
 # What an output file of ours, or a video, is named: `-o` given such a name that does not exist

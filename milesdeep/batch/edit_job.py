@@ -46,8 +46,9 @@ def drop_walked_outputs(paths: list[Path], walked: set[Path]) -> tuple[list[Path
 
 
 def parse_targets(targets: str | None, all_but_other: bool, labels: tuple[str, ...],
-                  other: str | None) -> list[str]:
-    """-t L1,L2, or (default, and -x) every label but the model's "other" one."""
+                  other: str | None, whose: str = "the model's") -> list[str]:
+    """-t L1,L2, or (default, and -x) every label but the model's "other" one. `whose`: where
+    the labels come from, for the message."""
     if targets is not None and all_but_other:
         raise MilesDeepError("give either -t LABELS or -x, not both")
     if targets is not None:
@@ -55,19 +56,12 @@ def parse_targets(targets: str | None, all_but_other: bool, labels: tuple[str, .
         unknown = [n for n in names if n not in labels]
         if not names or unknown:
             raise MilesDeepError(f"unknown label(s) {', '.join(unknown) or repr(targets)}; "
-                                 f"the model's labels are: {', '.join(labels)}")
+                                 f"{whose} labels are: {', '.join(labels)}")
         return names
     if other is None or other not in labels:
         raise MilesDeepError("this model names no 'other' label to leave out; choose targets "
                              f"with -t (labels: {', '.join(labels)})")
     return [n for n in labels if n != other]
-
-
-def _candidate_extensions(path: Path) -> list[str]:
-    """The extensions `remux.output_extension` may choose, without opening the file: the
-    source's, except that a .wmv may become .mkv (decided by its codecs)."""
-    ext = path.suffix or ".mkv"
-    return [".mkv", ext] if ext.lower() == ".wmv" else [ext]
 
 
 @dataclass
@@ -192,21 +186,26 @@ class EditJob(ModelJob):
             from milesdeep.pipeline.export import FORMATS
 
             return [d / f"{stem}.cut{FORMATS[self.export][1]}"]
+        from milesdeep.pipeline import remux
+
+        exts = remux.candidate_extensions(path)
         if self.pieces:  # the first piece stands for all (same folder, same names)
-            return [d / f"{stem}.cut" / f"{stem}.cut.1{e}" for e in _candidate_extensions(path)]
-        return [d / f"{stem}.cut{e}" for e in _candidate_extensions(path)]
+            return [d / f"{stem}.cut" / f"{stem}.cut.1{e}" for e in exts]
+        return [d / f"{stem}.cut{e}" for e in exts]
 
     def temporary_patterns(self, path: Path) -> list[tuple[Path, str]]:
         """Pieces' temporaries (`milesdeep.pipeline.atomic` names them after the first 40
         characters of the piece's stem, `<stem>.cut.<i>`)."""
         if not self.pieces or self.export is not None:
             return []
+        from milesdeep.pipeline import remux
+
         path = Path(path)
         prefix = f"{path.stem}.cut."
         head = re.escape(prefix[:40]) + (r"\d*" if len(prefix) < 40 else "")
         folder = self.output_dir(path) / f"{path.stem}.cut"
         return [(folder, r"\." + head + r"\.[a-z0-9_]{8}\.part" + re.escape(e))
-                for e in _candidate_extensions(path)]
+                for e in remux.candidate_extensions(path)]
 
     def _db(self, path: Path):  # noqa: ANN202  (StateDB)
         if self._book is None:

@@ -13,10 +13,9 @@ from typing import Annotated
 
 import typer
 
-from milesdeep.batch.cli import ForceOpt, FromListOpt, JobsOpt, gather_inputs, run_cli_batch
-from milesdeep.batch.edit_job import EXPORTS, EditJob, EditReport, drop_walked_outputs
+from milesdeep.batch.cli import ForceOpt, FromListOpt, JobsOpt, gather_walked, run_cli_batch
+from milesdeep.batch.edit_job import EXPORTS, EditJob, EditReport
 from milesdeep.batch.edit_job import parse_targets as parse_targets
-from milesdeep.batch.inputs import found_in_folders
 from milesdeep.batch.runner import FileOutcome, one_line
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
@@ -40,11 +39,11 @@ def _bundle_for_predictions(model: str | None, caffe: tuple[Path | None, ...]
         return None
 
 
-def _check_targets(job: EditJob, labels: tuple[str, ...]) -> None:
+def _check_targets(job: EditJob, labels: tuple[str, ...], whose: str = "the model's") -> None:
     """Fail once, before any video is read, when the targets do not fit the labels."""
     other = job.other_label if job.bundle is not None and \
         tuple(job.bundle.labels) == labels else None
-    parse_targets(job.targets, job.all_but_other, labels, other)
+    parse_targets(job.targets, job.all_but_other, labels, other, whose)
 
 
 def _say(text: str) -> None:
@@ -156,13 +155,7 @@ def edit(
         from milesdeep.pipeline.export import adapter_for
 
         adapter_for(export)  # a missing adapter is one error, not one per video
-    paths = gather_inputs(videos, from_list, USAGE)
-    walked = found_in_folders(paths, videos or [], from_list)
-    paths, left_out = drop_walked_outputs(paths, walked)
-    if left_out:
-        _say(f"left out {left_out} file(s) named like edit outputs (*.cut.*) found in folders")
-    if not paths:
-        raise MilesDeepError("no video files to edit (only earlier edit outputs found)")
+    paths, walked = gather_walked(videos, from_list, USAGE, "edit")
     caffe = (prototxt, weights, mean, labels)
     backend_line = ""  # which backend runs the network, said after the first file
     params = PlanParams(min_cut, max_gap, min_score, min_coverage)
@@ -184,10 +177,9 @@ def edit(
 
             labels = tuple(read_predictions_csv(from_predictions).labels)
             try:
-                _check_targets(job, labels)
-            except MilesDeepError as e:  # the labels are the file's, not a model's
-                raise MilesDeepError(str(e).replace("the model's labels", "its labels"),
-                                     from_predictions) from None
+                _check_targets(job, labels, whose="its")  # the file's labels, not a model's
+            except MilesDeepError as e:
+                raise MilesDeepError(str(e), from_predictions) from None
     else:
         from milesdeep.cli.tag import check_sampling
         from milesdeep.pipeline.backend import resolve_backend

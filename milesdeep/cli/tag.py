@@ -14,10 +14,9 @@ from milesdeep.batch.cli import (
     FromListOpt,
     JobsOpt,
     check_output_dir,
-    gather_inputs,
+    gather_walked,
     run_cli_batch,
 )
-from milesdeep.batch.inputs import found_in_folders
 from milesdeep.batch.runner import FileOutcome
 from milesdeep.batch.tag_job import TagJob
 from milesdeep.cli import options as o
@@ -98,17 +97,8 @@ def tag(
         for path in result.outputs:
             console.print(f"wrote {path}")
         return
-    from milesdeep.batch.edit_job import drop_walked_outputs
-
-    paths = gather_inputs(videos, from_list, "miles-deep tag VIDEO|FOLDER [...]")
-    walked = found_in_folders(paths, videos or [], from_list)
     # A library walked after `edit` holds its cuts too: they are not more videos to tag.
-    paths, left_out = drop_walked_outputs(paths, walked)
-    if left_out:
-        console.print(f"left out {left_out} file(s) named like edit outputs (*.cut.*) found "
-                      "in folders", soft_wrap=True)
-    if not paths:
-        raise MilesDeepError("no video files to tag (only edit outputs found)")
+    paths, walked = gather_walked(videos, from_list, "miles-deep tag VIDEO|FOLDER [...]", "tag")
     options = RunOptions(rate=rate, sampling=check_sampling(sampling), batch=batch,  # type: ignore[arg-type]
                          adaptive_margin=adaptive_margin)
     bundle = o.resolve_model_options(model, prototxt, weights, mean, labels)

@@ -728,15 +728,22 @@ def _muxer_suffixes() -> frozenset[str]:
     return frozenset(out)
 
 
-def output_extension(index: MediaIndex) -> str:
-    """The source's extension, except that .wmv becomes .mkv as in the original (stream-copying
-    into ASF was unreliable there) when Matroska takes every carried codec; FFmpeg's Matroska
-    muxer refuses WMV2/WMV3/WMA at normal compliance, and those stay .wmv (ASF). A video named
-    other than as a video FFmpeg can write (none, .divx, .qt, .xyz, .tag) becomes .mkv, which
-    takes nearly every codec."""
-    ext = index.path.suffix
+def candidate_extensions(path: Path) -> list[str]:
+    """The extensions `output_extension` may choose for a source, from its name alone: its
+    own, or .mkv for a name FFmpeg cannot write a video by (none, .divx, .qt, .xyz, .tag),
+    Matroska taking nearly every codec; a .wmv may become .mkv too (decided by its codecs)."""
+    ext = Path(path).suffix
     if ext.lower() not in VIDEO_EXTENSIONS or ext.lower() not in _muxer_suffixes():
-        return ".mkv"
+        return [".mkv"]
+    return [".mkv", ext] if ext.lower() == ".wmv" else [ext]
+
+
+def output_extension(index: MediaIndex) -> str:
+    """The source's extension (`candidate_extensions`), except that .wmv becomes .mkv as in
+    the original (stream-copying into ASF was unreliable there) when Matroska takes every
+    carried codec; FFmpeg's Matroska muxer refuses WMV2/WMV3/WMA at normal compliance, and
+    those stay .wmv (ASF)."""
+    ext = candidate_extensions(index.path)[-1]  # (.wmv's own when it may become .mkv)
     if ext.lower() != ".wmv":
         return ext
     codecs = {index.video.codec, *(s.codec for s in index.others)}
