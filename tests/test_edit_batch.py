@@ -381,3 +381,26 @@ def test_rows_and_claims_live_beside_the_outputs(model: Path, tmp_path: Path) ->
     assert rows[0]["outputs"] == [out / "a.cut.mp4"] and rows[0]["command"] == "edit"
     assert db.claimed_by(out / "a.cut.mp4") == Path(os.path.abspath(a))
     db.close()
+
+
+def test_redo_that_finds_no_cuts_removes_that_videos_earlier_cut(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    colour_video(lib / "x.mp4", red_at(1), fps=FPS)
+    colour_video(lib / "y.mp4", red_at(5), fps=FPS)
+    out = tmp_path / "out"
+    assert edit(lib, "--model", model, "-t", "red", "-u", "2", "-g", "0", "-o", out) == 0
+    assert names_in(out) == {"x.cut.mp4", "y.cut.mp4"}
+    capsys.readouterr()
+    # Other options redo both; no green anywhere: the red cuts must not stay in the folder
+    # as if this run had made them.
+    assert edit(lib, "--model", model, "-t", "green", "-u", "2", "-g", "0", "-o", out) == 0
+    err = capsys.readouterr().err
+    assert "x.mp4: no cuts of green; nothing written; removed the earlier run's x.cut.mp4" \
+        in err
+    assert names_in(out) == set()
+
+
+def names_in(d: Path) -> set[str]:
+    return {p.name for p in d.iterdir() if not p.name.startswith(STATE_NAME)}

@@ -113,6 +113,39 @@ def test_no_cuts_writes_nothing(video: Path, csv: Path,
     assert names(video.parent) == before
 
 
+def test_redo_with_nothing_to_write_removes_the_earlier_cut(
+        video: Path, csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = video.with_name("v.cut.mp4")
+    assert edit(video, "--from-predictions", csv, "-t", "b") == 0 and out.exists()
+    capsys.readouterr()
+    # The same video again with other targets: no cuts, so the earlier cut must not stay
+    # behind as if it were this run's result.
+    assert edit(video, "--from-predictions", csv, "-t", "a") == 0
+    err = capsys.readouterr().err
+    assert "no cuts found" in err and f"removed the earlier run's {out}" in err
+    assert not out.exists()
+
+
+def test_redo_with_nothing_left_removes_earlier_pieces(video: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    two = predictions_csv(tmp_path / "two.csv", "bbbaaaaaabbb")  # two cuts, two pieces
+    assert edit(video, "--from-predictions", two, "-t", "b", "-c", "--min-cut", "1") == 0
+    folder = tmp_path / "v.cut"
+    assert names(folder) == {"v.cut.1.mp4", "v.cut.2.mp4"}
+    everything = predictions_csv(tmp_path / "all.csv", "bbbbbbbbbbbb")
+    assert edit(video, "--from-predictions", everything, "-t", "b", "-c", "--remove") == 0
+    assert "nothing left to keep" in capsys.readouterr().err
+    assert not folder.exists()
+
+
+def test_nothing_to_write_leaves_a_file_it_did_not_write(video: Path, csv: Path) -> None:
+    out = video.with_name("v.cut.mp4")
+    out.write_bytes(b"mine")
+    assert edit(video, "--from-predictions", csv, "-t", "a") == 0
+    assert out.read_bytes() == b"mine"
+
+
 def test_default_targets_need_an_other_label(video: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     csv_ab = predictions_csv(tmp_path / "ab.csv", "aabbbbbbaaaa")

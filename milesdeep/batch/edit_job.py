@@ -76,6 +76,7 @@ class EditReport:
     outputs: list[Path] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # per-range report of the cut
     nothing: str = ""  # why nothing was written, if so
+    removed: list[Path] = field(default_factory=list)  # an earlier run's outputs, now stale
 
 
 @dataclass
@@ -238,6 +239,31 @@ class EditJob(ModelJob):
             extra.unlink()
             i += 1
 
+    def _drop_earlier_outputs(self, path: Path) -> list[Path]:
+        """A redo that writes nothing (no cuts, or nothing left to keep) removes what an
+        earlier run wrote for this video under this run's output names: left there, a cut
+        made with other options would pass for this run's result. Only files the state
+        database says were written for this very video are removed."""
+        db, me = self._db(path), Path(os.path.abspath(path))
+        if self.export is not None or not self.pieces:
+            found = [o for o in self.output_paths(path) if os.path.lexists(o)]
+        else:
+            folder = self.output_dir(path) / f"{Path(path).stem}.cut"
+            pattern = re.compile(re.escape(f"{Path(path).stem}.cut.") + r"\d+$")
+            found = sorted(o for o in (folder.iterdir() if folder.is_dir() else ())
+                           if pattern.match(o.stem))
+        removed = []
+        for o in found:
+            if db.claimed_by(o) == me:
+                o.unlink()
+                removed.append(o)
+        if removed and self.pieces and self.export is None:
+            try:
+                removed[0].parent.rmdir()  # only when nothing else is left in it
+            except OSError:
+                pass
+        return removed
+
     # --- work ----------------------------------------------------------------------------
 
     def prefetch(self, path: Path) -> Any:
@@ -281,12 +307,14 @@ class EditJob(ModelJob):
         report = EditReport(path.name, names, len(cuts), 0.0, seconds)
         if not cuts:
             report.nothing = "no cuts"
+            report.removed = self._drop_earlier_outputs(path)
             return FileWork([], seconds, detail=report, record=not self.single)
         ranges = kept_ranges(cuts, preds.rate, index.duration, remove=self.remove,
                              margin=self.margin)
         report.kept = float(total(ranges))
         if not ranges:
             report.nothing = "all cut"
+            report.removed = self._drop_earlier_outputs(path)
             return FileWork([], seconds, detail=report, record=not self.single)
         out_dir = self.output_dir(path)
         warnings: list[str] = []

@@ -50,15 +50,25 @@ def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+def _removed(r: EditReport, short: bool = False) -> str:
+    """What a redo that wrote nothing removed of an earlier run's outputs."""
+    if not r.removed:
+        return ""
+    names = ", ".join(p.name if short else str(p) for p in r.removed)
+    return f"; removed the earlier run's {names}"
+
+
 def _report_single(r: EditReport, remove: bool) -> None:
     if r.nothing == "no cuts":
-        _say(f"no cuts found for {', '.join(r.targets)} in {r.name}; nothing written")
+        _say(f"no cuts found for {', '.join(r.targets)} in {r.name}; nothing written"
+             + _removed(r))
         return
     what = "kept" if not remove else "kept (everything but the cuts)"
     _say(f"{r.cuts} cut(s) of {'+'.join(r.targets)}; {what}: "
          f"{format_time(r.kept)} of {format_time(r.duration)}")
     if r.nothing:
-        _say("the cuts cover the whole video: nothing left to keep; nothing written")
+        _say("the cuts cover the whole video: nothing left to keep; nothing written"
+             + _removed(r))
         return
     for line in r.lines:
         _say(line)
@@ -69,12 +79,12 @@ def _report_single(r: EditReport, remove: bool) -> None:
 def _report_line(r: EditReport) -> None:
     """One line per edited video in a batch."""
     if r.nothing == "no cuts":
-        text = f"no cuts of {'+'.join(r.targets)}; nothing written"
+        text = f"no cuts of {'+'.join(r.targets)}; nothing written" + _removed(r, True)
     else:
         text = (f"{r.cuts} cut(s) of {'+'.join(r.targets)}; kept {format_time(r.kept)} of "
                 f"{format_time(r.duration)}")
         if r.nothing:
-            text += "; nothing left to keep, nothing written"
+            text += "; nothing left to keep, nothing written" + _removed(r, True)
         else:
             text += " -> " + ", ".join(p.name for p in r.outputs)
     _say(one_line(f"  {r.name}: {text}"))
