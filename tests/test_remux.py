@@ -12,6 +12,7 @@ import time
 from fractions import Fraction as F
 from pathlib import Path
 
+import av
 import pytest
 
 from milesdeep.errors import MilesDeepError
@@ -148,6 +149,31 @@ def test_an_avi_with_b_frames_keeps_its_sync(tmp_path: Path, audio: str) -> None
     assert len(after) >= 7
     half_packet = (1152 if audio == "mp3" else 1024) / 48000 / 2  # as `encode_video` writes
     assert max(abs(a - before[0]) for a in after) <= half_packet + 0.001
+
+
+@pytest.mark.parametrize("precise", [False, True], ids=["keyframes", "precise"])
+@pytest.mark.parametrize("bframes", [0, 3])
+def test_a_variable_frame_rate_mp4_cut_ends_where_the_kept_time_does(
+        tmp_path: Path, precise: bool, bframes: int) -> None:
+    """The MP4 track lasts from the first decode time to the last plus the last packet's
+    duration; a copied packet brought its source's decode-time step, which with irregular
+    frame times and B-frames is not the time left: the track ended up to 100 ms off."""
+    import numpy as np
+
+    from tests.testdata import encode_frames, solid
+
+    steps = np.random.default_rng(1).integers(20, 121, size=200)
+    times = [int(t) for t in np.cumsum([0, *steps]) if t < 6000]
+    frames = [solid((10 + 30 * (i % 8), 100, 100)) for i in range(len(times))]
+    src = encode_frames(tmp_path / "vfr.mp4", frames, times, gop=10,
+                        options={"bf": str(bframes)})
+    result = remux.cut_video(remux.index_media(src), [TimeRange(F(1), F(3))],
+                             tmp_path / "out", precise=precise)
+    (plan,) = result.plans
+    with av.open(str(result.outputs[0])) as c:
+        vs = c.streams.video[0]
+        assert float(vs.duration * vs.time_base) == pytest.approx(float(plan.duration),
+                                                                  abs=0.0015)
 
 
 def _offsets(path: Path) -> list[float]:

@@ -233,6 +233,7 @@ class EditPlan:
     notes: list[str]
     video_out: list[tuple[int, int]]  # (pts, dts) of every output video packet, in order
     others: dict[int, dict[int, list[int]]]  # stream -> packet index -> output pts (ticks)
+    lead: int = 0  # ticks the output's video starts after its start (AVI: `plan_edit`)
 
     @property
     def duration(self) -> Fraction:
@@ -506,7 +507,7 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
         planner = _plan_subtitles if si.kind == "subtitle" else _plan_audio_like
         others[si.index] = planner(si, index, a_spans, a_outs)
     _chain_prepends(spans)
-    return EditPlan(index, spans, precise, notes, pairs, others)
+    return EditPlan(index, spans, precise, notes, pairs, others, lead)
 
 
 def _open_gop(index: MediaIndex) -> bool:
@@ -599,12 +600,15 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
         vstream = out_streams[vidx]
         _set_timecode(plan, vstream)
         tb = index.video.time_base
-        state = {"item": 0, "copied": 0}
+        state = {"item": 0, "copied": 0, "emitted": 0}
+        shown = _shown_for(plan)
 
         def emit_video(data: bytes | av.Packet, key: bool) -> None:
             pts, dts = next(vtimes)
             packet = data if isinstance(data, av.Packet) else av.Packet(data)
             packet.pts, packet.dts, packet.time_base = pts, dts, tb
+            packet.duration = shown[state["emitted"]]
+            state["emitted"] += 1
             if not isinstance(data, av.Packet):
                 packet.is_keyframe = key
             packet.stream = vstream
@@ -657,6 +661,27 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
         flush_encoded()
     if encoder is not None:
         encoder.close()
+
+
+def _shown_for(plan: EditPlan) -> list[int]:
+    """Each output video packet's duration (ticks), in `plan.video_out` order: how long its
+    picture is on screen (until the next picture; the last one until the kept time ends).
+    Copied packets brought their source's, which in an MP4 are decode-time steps: with
+    irregular frame times and B-frames, the cut's track ended up to 100 ms off the kept time.
+    The MP4 muxer ends a track at the earlier of its latest picture's end and its last decode
+    time plus the last packet's duration: the last packet in decode order lasts as long as the
+    last picture on screen, which makes the two meet where the kept time ends (decode times
+    are the pictures' times in order, less one delay: `plan_edit`)."""
+    order = sorted(range(len(plan.video_out)), key=lambda k: plan.video_out[k][0])
+    if not order:
+        return []
+    end = plan.lead + sum(s.end - s.start for s in plan.spans)
+    out = [0] * len(order)
+    for k, k_next in zip(order, [*order[1:], None]):
+        stop = end if k_next is None else plan.video_out[k_next][0]
+        out[k] = max(1, int(stop - plan.video_out[k][0]))
+    out[-1] = out[order[-1]]
+    return out
 
 
 # Not copied from the source: what a muxer writes of its own (brands, the writing library),
