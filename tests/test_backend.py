@@ -133,3 +133,19 @@ def test_resolve_backend_on_this_machine(tmp_path: Path) -> None:
         resolve_backend("gpu", bundle)
     with pytest.raises(MilesDeepError, match="unknown backend"):
         resolve_backend("npu", bundle)
+
+
+def test_the_probe_imports_what_the_pipeline_imports(tmp_path: Path) -> None:
+    """A pycuda whose compiled driver cannot load (built for another CUDA, no libcuda) must
+    count as missing: the GPU path imports `pycuda.driver`, not just the package."""
+    from milesdeep.pipeline.backend import PROBE_SCRIPT
+
+    fake = tmp_path / "pycuda"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "driver.py").write_text("raise ImportError('libcuda.so.1: cannot open shared "
+                                    "object file')\n")
+    proc = subprocess.run([sys.executable, "-c", PROBE_SCRIPT], capture_output=True,
+                          text=True, timeout=120, env={"PYTHONPATH": str(tmp_path)})
+    r = parse_probe(proc.stdout, proc.returncode, proc.stderr)
+    assert "libcuda.so.1" in r.problems["pycuda"]

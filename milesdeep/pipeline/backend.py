@@ -38,9 +38,12 @@ INSTALL_HINT = "pip install 'milesdeep[gpu]'"
 PROBE_SCRIPT = r"""
 import json, sys
 out = {"modules": {}, "gpu": None, "error": None}
-def mod(name):
+def mod(name, target=None):
+    # target: the submodule the pipeline imports (pycuda's compiled driver, not the package)
     try:
         m = __import__(name)
+        if target:
+            __import__(target)
         out["modules"][name] = {"ok": True, "version": str(getattr(m, "__version__", ""))}
         return m
     except BaseException as e:
@@ -61,7 +64,7 @@ try:
             out["error"] = "no usable CUDA device (" + (str(e).split(":")[0][:80]
                                                         or type(e).__name__) + ")"
     mod("tensorrt")
-    mod("pycuda")
+    mod("pycuda", "pycuda.driver")
     if out["gpu"] is not None:
         mod("PyNvVideoCodec")
     else:
