@@ -178,6 +178,10 @@ WALK_BATCH = 1  # samples decoded, then classified, at a time while walking
 MIN_WALK = 2
 DECODERS = 2  # decoders refining batched stretches side by side
 KEY_BATCH = 4  # pass-1 batch size
+# Pass 2 classifies each refined sample as it comes: its few samples (one per class change)
+# then overlap the decoders instead of waiting for all of them at the end (2-3% less wall
+# time in 16 runs in turns; within the noise of the shared machine, never worse).
+REFINE_BATCH = 1
 
 
 class StretchSource:
@@ -494,7 +498,7 @@ def classify_video_adaptive(
     try:
         if batched:
             classify_samples(_threaded_all(sources, QUEUE_FRAMES, times), bundle, classifier,
-                             options.batch, times, on_refined)
+                             min(options.batch, REFINE_BATCH), times, on_refined)
         if walks:
             walk_all()
     finally:
