@@ -176,6 +176,22 @@ def test_a_variable_frame_rate_mp4_cut_ends_where_the_kept_time_does(
                                                                   abs=0.0015)
 
 
+def test_an_av1_video_is_cut_by_stream_copy(tmp_path: Path) -> None:
+    """FFmpeg decodes AV1 with libdav1d, a name no encoder has: making the output stream by
+    that name failed every AV1 edit (an internal error)."""
+    try:
+        av.Codec("libsvtav1", "w")
+    except av.codec.codec.UnknownCodecError:
+        pytest.skip("this FFmpeg build has no AV1 encoder")
+    src = V.flash_beep_video(tmp_path / "v.mkv", seconds=4, fps=25, gop=25, size=(160, 96),
+                             codecs=("libsvtav1", "libopus"))
+    index = remux.index_media(src)
+    out = remux.cut_video(index, [TimeRange(F(1), F(3))], tmp_path / "out").outputs[0]
+    assert V.read_frame_codes(out) == list(range(25, 75))
+    d = V.stream_durations(out)
+    assert d["video"] == pytest.approx(2.0) and abs(d["audio"] - 2.0) < 0.05
+
+
 def _offsets(path: Path) -> list[float]:
     """Each beep's time minus its nearest flash's (signed)."""
     flashes = V.flash_times(path)

@@ -591,7 +591,7 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
                 plan.notes.append(f"subtitle stream {i} ({s.codec_context.name}) cannot go "
                                   f"into {tmp.suffix}; left out")
                 continue
-            out_streams[i] = out.add_stream_from_template(s)
+            out_streams[i] = _stream_like(out, s)
             _copy_metadata(s.metadata, out_streams[i].metadata)
         _copy_metadata(src.metadata, out.metadata)
         _set_chapters(plan, src, out)
@@ -661,6 +661,18 @@ def _write(plan: EditPlan, src: av.container.InputContainer, tmp: Path,
         flush_encoded()
     if encoder is not None:
         encoder.close()
+
+
+def _stream_like(out: av.container.OutputContainer, template: av.stream.Stream
+                 ) -> av.stream.Stream:
+    """An output stream for copying `template`'s packets. PyAV looks a video stream's codec up
+    as an *encoder* of the decoder's name, and some decoders have another name than any
+    encoder (libdav1d for AV1): those streams take the decoder's codec itself, which is all
+    a stream copy needs (its id and parameters)."""
+    try:
+        return out.add_stream_from_template(template)
+    except av.codec.codec.UnknownCodecError:
+        return out.add_stream_from_template(template, opaque=True)
 
 
 def _shown_for(plan: EditPlan) -> list[int]:

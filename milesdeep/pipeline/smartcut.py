@@ -118,7 +118,9 @@ def reencode_support(stream: av.video.stream.VideoStream) -> str | None:
     cc = stream.codec_context
     name = cc.name
     if name not in ENCODERS:
-        return f"{name} cannot be re-encoded here (smart cut supports H.264 only)"
+        # The format's name (av1), not the decoder's (libdav1d).
+        return (f"{cc.codec.canonical_name} cannot be re-encoded here (smart cut supports "
+                "H.264 only)")
     try:
         encoder = av.codec.Codec(ENCODERS[name], "w")
     except Exception:  # noqa: BLE001  the FFmpeg build lacks the encoder
