@@ -471,6 +471,30 @@ def test_precise_cuts_of_an_intra_refresh_stream_show_every_picture(tmp_path: Pa
     assert len(shown) == 40  # every picture from 2 s to 6 s
 
 
+def test_keyframe_cuts_of_an_intra_refresh_stream_start_a_keyframe_early(
+        tmp_path: Path) -> None:
+    """A keyframe cut copied from a recovery point, and players showed none of the range's
+    pictures until the refresh had gone round; it now starts at the keyframe before."""
+    import av
+
+    from tests.testdata import encode_frames, solid
+
+    frames = [solid((5 * k % 256, 90, 60), 48, 64) for k in range(100)]
+    src = encode_frames(tmp_path / "refresh.mp4", frames, [100 * k for k in range(100)],
+                        gop=25, options={"bf": "0", "sc_threshold": "0",
+                                         "x264-params": "intra-refresh=1:keyint=25"})
+    index = remux.index_media(src)
+    assert [index.seconds(p) for p in index.key_pts] == [0, 2.5, 5, 7.5]
+    result = remux.cut_video(index, [TimeRange(F(5), F(7))], tmp_path / "out")
+    (plan,) = result.plans
+    assert any("intra-refresh recovery point" in n for n in plan.notes)
+    assert plan.reports()[0].actual.start == F(5, 2)
+    with av.open(str(result.outputs[0])) as c:
+        shown = [round(float(f.pts * f.time_base), 3) for f in c.decode(video=0)]
+    # Every picture of the planned range is shown (output time 2.5 s is source 5 s).
+    assert all(round(2.5 + 0.1 * k, 3) in shown for k in range(20))
+
+
 def _timecoded(path: Path, tc: str | None, rate: F, n: int = 60, gop: int = 15) -> Path:
     """Coded frames 0..n-1 at `rate` whose video stream starts at timecode `tc` (FFmpeg's MOV
     muxer makes that a tmcd track, its Matroska muxer a tag)."""

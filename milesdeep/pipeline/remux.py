@@ -306,10 +306,19 @@ def _frames(index: MediaIndex, lo: int, hi: int) -> list[int]:
     return s[bisect.bisect_left(s, lo):bisect.bisect_left(s, hi)]
 
 
-def _keyframe_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool) -> list[Span]:
+def _keyframe_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool,
+                    notes: list[str] | None = None) -> list[Span]:
     spans: list[Span] = []
+    early = 0
     for r in ranges:
         first = _key_at_or_before(index, index.ticks(r.start))
+        n = index.key_idx.index(first)
+        if not index.video.whole[first] and n > 0:
+            # An intra-refresh recovery point: a decoder starting there shows nothing until
+            # the refresh has gone round (1.2 s of a cut was lost so). Starting at the
+            # keyframe before, the refresh is complete by this one.
+            first = index.key_idx[n - 1]
+            early += 1
         last, end = _copy_end_at_least(index, first, index.ticks(r.end))
         start = index.video.pts[first]
         if merge and spans and start <= spans[-1].end:
@@ -321,6 +330,10 @@ def _keyframe_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool)
             prev.planned.append(r)
             continue
         spans.append(Span([r], start, end, [CopyItem(first, last, start, 0)]))
+    if early and notes is not None:
+        notes.append(f"{early} range(s) start at an intra-refresh recovery point, whose "
+                     "pictures are whole only once the refresh has gone round: they start a "
+                     "keyframe earlier (--precise cuts them exactly)")
     return spans
 
 
@@ -462,7 +475,7 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
                          "before")
         spans = _precise_spans(whole, ranges, merge)
     else:
-        spans = _keyframe_spans(index, ranges, merge)
+        spans = _keyframe_spans(index, ranges, merge, notes)
         if len(spans) > 1 and _open_gop(index):
             notes.append("the keyframes are not IDR pictures (an open-GOP H.264 stream): "
                          "FFmpeg-based players drop pictures of the ranges after the first; "
