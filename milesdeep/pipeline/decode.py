@@ -798,12 +798,15 @@ class PyAVSource:
                 packet.pts > last_key)
             frames = decode(packet, needed)
             if frames is None:
-                return
+                break
             yield from after(frames)
-        try:
-            yield from after(vs.codec_context.decode(None))
-        except (av.error.EOFError, av.error.FFmpegError):
-            return
+        else:
+            try:
+                yield from after(vs.codec_context.decode(None))
+            except (av.error.EOFError, av.error.FFmpegError):
+                # A damaged or truncated last packet: the pictures before it stand, and the
+                # last one holds the slots after it, as `exact` has it.
+                self.stats.decode_errors += 1
         # A decoder that reads skip_frame only when it opens (libdav1d, were it asked to
         # skip) would still skip every picture but keyframes: a tail that gave none is not
         # exact, and adaptive sampling refines it.
