@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
+from milesdeep.pipeline.decode import sample_count
 from milesdeep.pipeline.infer import Classifier
 from milesdeep.pipeline.planner import Cut, PlanParams, plan_all_labels, seconds_per_label
 from milesdeep.pipeline.predictions import (
@@ -140,10 +141,17 @@ def _tag_seconds(cuts: list[Cut], preds: Predictions) -> tuple[list[int], int, l
         return per_label, total, cuts
     r = preds.rate
     # A cut of samples a..b covers [a / r, (b + 1) / r): from the second a falls in to the
-    # last second it reaches into (below 1 sample a second, one sample spans several).
+    # last second it reaches into (below 1 sample a second, one sample spans several), but
+    # never past the video's last second (a 4 s video at 0.3 samples a second has two
+    # samples, which span 6.7 s).
+    seconds = sample_count(preds.duration, 1.0) if preds.duration > 0 else round(total / r)
     in_seconds = [replace(c, start=math.floor(c.start / r + 1e-9),
-                          end=math.ceil((c.end + 1) / r - 1e-9) - 1) for c in cuts]
-    return [round(n / r) for n in per_label], round(total / r), in_seconds
+                          end=min(seconds - 1, math.ceil((c.end + 1) / r - 1e-9) - 1))
+                  for c in cuts]
+    per_second = [min(seconds, round(n / r)) for n in per_label]
+    if r < 1.0:  # a sample spans seconds: count the seconds the rows give
+        per_second = seconds_per_label(in_seconds, preds.labels)
+    return per_second, min(seconds, round(total / r)), in_seconds
 
 
 def tag_video(video: Path, bundle: ModelBundle, classifier: Classifier | Runner, *,

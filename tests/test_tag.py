@@ -105,6 +105,19 @@ def test_tag_rows_cover_the_seconds_of_their_samples(tmp_path: Path, rate: float
     assert tag.seconds_per_label[1] == round((last - first + 1) / rate)
 
 
+def test_tag_rows_below_one_sample_a_second_stop_at_the_videos_end(
+        tmp_path: Path, bundle_dir: Path) -> None:
+    """A 4 s video at 0.3 samples a second has two samples, which span 6.7 s: the .tag gave
+    7 seconds in all and a cut to second 6."""
+    video = colour_video(tmp_path / "v.mp4", ["red"] * 4)
+    assert run_app(["tag", str(video), "--model", str(bundle_dir), "--rate", "0.3",
+                    "-u", "0", "--backend", "cpu"]) == 0
+    tag = read_tag(tmp_path / "v.tag")
+    assert tag.total_seconds == 4
+    assert [(c.label, c.start, c.end) for c in tag.cuts] == [("red", 0, 3)]
+    assert tag.seconds_per_label[tag.labels.index("red")] == 4
+
+
 def test_keyframe_sampling_holds_labels(tmp_path: Path, bundle_dir: Path) -> None:
     video = colour_video(tmp_path / "k.mp4", ["red"] * 4 + ["blue"] * 4, gop=20)
     bundle = load_bundle(bundle_dir)
