@@ -80,6 +80,11 @@ def test_replan_from_predictions_without_the_network(video: Path, bundle_dir: Pa
     for args in (["--from-predictions", str(csv)], [str(video), "--model", str(bundle_dir)]):
         assert run_app(["tag", *args, "-o", str(tmp_path / "clip.tag")]) == 1
         assert not (tmp_path / "clip.tag").exists()
+    # A bad predictions file leaves no new -o folder behind (it stayed, empty).
+    bad = tmp_path / "bad.predictions.csv"
+    bad.write_text("time,a,b\n0,0.5,nan\n")
+    assert run_app(["tag", "--from-predictions", str(bad), "-o", str(tmp_path / "new")]) == 1
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize(("rate", "rows", "cut"), [

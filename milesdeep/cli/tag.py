@@ -89,10 +89,13 @@ def tag(
     if from_predictions is not None:
         if videos or from_list is not None:
             raise MilesDeepError("give either videos or --from-predictions, not both")
-        if output_dir is not None:
-            check_output_dir(output_dir)
-        result = tag_from_predictions(from_predictions, params=params, out_dir=output_dir,
-                                      plot=plot, rate=rate)
+        from milesdeep.pipeline.atomic import removed_if_left_empty
+
+        with removed_if_left_empty(output_dir):  # a bad CSV leaves no new folder behind
+            if output_dir is not None:
+                check_output_dir(output_dir)
+            result = tag_from_predictions(from_predictions, params=params,
+                                          out_dir=output_dir, plot=plot, rate=rate)
         console.print(summary_table(result))
         for path in result.outputs:
             console.print(f"wrote {path}")
