@@ -1,4 +1,5 @@
-"""The one error type for user errors: the CLI prints its message as one line and exits 1."""
+"""The error types for user errors: the CLI prints the message as one line and exits 1 (2 for a
+wrong option or combination of options, as for the usage errors the parser itself finds)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,7 @@ class MilesDeepError(Exception):
         self.path = None if path is None else Path(path)
         self.message = message
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class UsageError(MilesDeepError):
+    """A value no option takes, options that exclude each other, or one that is missing."""

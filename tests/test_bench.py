@@ -128,7 +128,7 @@ def test_isolated_run_reports_its_own_peak_rss(tmp_path: Path) -> None:
 
 def test_bench_refuses_bad_requests(tmp_path: Path, bundle_dir: Path, capsys) -> None:
     video = colour_video(tmp_path / "c.mp4", ["red"] * 2, fps=5)
-    assert run_app(["bench", str(video), "--model", str(bundle_dir), "--sampling", "every"]) == 1
+    assert run_app(["bench", str(video), "--model", str(bundle_dir), "--sampling", "every"]) == 2
     assert "--sampling 'every'" in capsys.readouterr().err
     assert run_app(["bench", str(tmp_path / "missing.mp4")]) == 1
     assert "no such file" in capsys.readouterr().err

@@ -271,13 +271,13 @@ def test_calibrate_reuses_its_frames_and_feeds_build_engine(tmp_path: Path, colo
 def test_calibrate_command_refuses_bad_input_in_one_line(tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]
                                                          ) -> None:
-    assert run_app(["calibrate", "-o", str(tmp_path / "c")]) == 1
+    assert run_app(["calibrate", "-o", str(tmp_path / "c")]) == 2  # usage errors: 2
     assert "no video given" in capsys.readouterr().err
     assert run_app(["calibrate", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
     assert "no such file" in err and "Traceback" not in err
     video = colour_video(tmp_path / "v.mp4", ["red"] * 3, fps=5)
-    assert run_app(["calibrate", str(video), "--method", "kl", "-o", str(tmp_path / "c")]) == 1
+    assert run_app(["calibrate", str(video), "--method", "kl", "-o", str(tmp_path / "c")]) == 2
     assert "--method" in capsys.readouterr().err
     assert not (tmp_path / "c" / INT8_ONNX).exists()
     named = tmp_path / "calibration.npz"  # a video named like an output, in the output folder

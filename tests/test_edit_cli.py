@@ -381,3 +381,18 @@ def test_a_rerun_with_faststart_is_not_skipped_as_done(video: Path, csv: Path,
     assert not index_first(out / "v.cut.mp4")
     assert edit(video, "--from-predictions", csv, "-t", "b", "-o", out, "--faststart") == 0
     assert index_first(out / "v.cut.mp4")
+
+
+@pytest.mark.parametrize("args", [
+    ["-t", "b", "--sampling", "foo"], ["-t", "b", "--backend", "foo"], ["--export", "foo"],
+    ["-t", "b", "-x"], ["--export", "otio", "-c"],
+])
+def test_a_wrong_option_is_a_usage_error(video: Path, csv: Path, args: list[str],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 2 with one line, as for the usage errors the parser finds (a value out of range,
+    an unknown option); these exited 1."""
+    before = names(video.parent)
+    assert edit(video, "--from-predictions", csv, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert names(video.parent) == before

@@ -19,7 +19,7 @@ import typer
 from milesdeep.batch.inputs import VIDEO_EXTENSIONS, expand_inputs, found_in_folders
 from milesdeep.batch.job import BatchJob
 from milesdeep.batch.runner import BatchSummary, FileOutcome, run_batch
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 
 FromListOpt = Annotated[
     Path | None,
@@ -43,7 +43,7 @@ def gather_inputs(videos: Sequence[Path] | None, from_list: Path | None, usage: 
                   ) -> list[Path]:
     """Expand VIDEO arguments and --from-list; a run with nothing to do is a user error."""
     if not videos and from_list is None:
-        raise MilesDeepError(f"no video given: {usage}")
+        raise UsageError(f"no video given: {usage}")
     paths = expand_inputs(videos or [], from_list)
     if not paths:
         where = ", ".join(str(v) for v in (videos or [])) or str(from_list)

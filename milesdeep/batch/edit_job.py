@@ -19,7 +19,7 @@ from typing import Any
 
 from milesdeep.batch.job import FileWork, ModelJob, Progress, readahead
 from milesdeep.batch.state import StateBook
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.atomic import too_long_name
 from milesdeep.pipeline.planner import PlanParams
@@ -50,7 +50,7 @@ def parse_targets(targets: str | None, all_but_other: bool, labels: tuple[str, .
     """-t L1,L2, or (default, and -x) every label but the model's "other" one. `whose`: where
     the labels come from, for the message."""
     if targets is not None and all_but_other:
-        raise MilesDeepError("give either -t LABELS or -x, not both")
+        raise UsageError("give either -t LABELS or -x, not both")
     if targets is not None:
         names = [t.strip() for t in targets.split(",") if t.strip()]
         unknown = [n for n in names if n not in labels]

@@ -21,7 +21,7 @@ from pathlib import Path
 from milesdeep.calibration.frames import FrameSet, load_frames, sample_frames, save_frames
 from milesdeep.calibration.report import REPORT_FILE, CalibrationReport, evaluate, write_report
 from milesdeep.calibration.variants import METHODS, make_fp16, make_int8
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.atomic import check_writable_dir
 from milesdeep.pipeline.planner import PlanParams
@@ -62,9 +62,9 @@ def calibrate(bundle: ModelBundle, videos: Sequence[Path], directory: Path,
               step: Step | None = None, progress: Progress | None = None) -> CalibrationResult:
     """Make the variants of `bundle` from frames of `videos` and measure them (see module)."""
     if precision not in PRECISIONS:
-        raise MilesDeepError(f"--precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+        raise UsageError(f"--precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
     if method not in METHODS:
-        raise MilesDeepError(f"--method {method!r} is not one of: {', '.join(METHODS)}")
+        raise UsageError(f"--method {method!r} is not one of: {', '.join(METHODS)}")
     if not videos:
         raise MilesDeepError("give at least one video to take calibration frames from")
     directory = Path(directory)

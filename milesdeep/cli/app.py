@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 
 app = typer.Typer(
     name="miles-deep",
@@ -43,7 +43,7 @@ def run_app(argv: list[str] | None = None) -> int:
         if debug:
             raise
         console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, markup=True)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         return 130

@@ -14,7 +14,7 @@ from rich.table import Table
 from milesdeep.batch.cli import FromListOpt, gather_inputs
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 
 STAGE_COLUMNS = ("decode", "preprocess", "inference", "planning", "output")
 
@@ -102,9 +102,9 @@ def bench(
     modes = sampling or ["adaptive"]
     for m in modes:
         if m not in SAMPLING_MODES:
-            raise MilesDeepError(f"--sampling {m!r} is not one of: {', '.join(SAMPLING_MODES)}")
+            raise UsageError(f"--sampling {m!r} is not one of: {', '.join(SAMPLING_MODES)}")
     if backend not in ("cpu", "gpu"):
-        raise MilesDeepError(f"--backend {backend!r}: bench measures cpu or gpu")
+        raise UsageError(f"--backend {backend!r}: bench measures cpu or gpu")
     videos = gather_inputs(videos, from_list, "miles-deep bench VIDEO [VIDEO...]")
     if json_out is not None:  # checked before minutes of measuring, not after
         from milesdeep.pipeline.atomic import check_writable_dir
@@ -120,7 +120,7 @@ def bench(
     gpu_backend, gpu_info = None, None
     if choice.name == "gpu":
         if "adaptive" in modes:
-            raise MilesDeepError("--backend gpu decodes every frame on NVDEC: use "
+            raise UsageError("--backend gpu decodes every frame on NVDEC: use "
                                  "--sampling exact or keyframes")
         from milesdeep.pipeline.backend import probe_gpu
         from milesdeep.pipeline.run_gpu import open_gpu_backend

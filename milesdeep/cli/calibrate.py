@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import UsageError
 from milesdeep.pipeline.planner import PlanParams
 
 
@@ -50,7 +50,7 @@ def calibrate(
     from milesdeep.calibration.report import report_table
 
     if not videos:
-        raise MilesDeepError("no video given: miles-deep calibrate VIDEO [VIDEO...]")
+        raise UsageError("no video given: miles-deep calibrate VIDEO [VIDEO...]")
     params = PlanParams(min_cut, max_gap, min_score, min_coverage)
     bundle = o.resolve_model_options(model, prototxt, weights, mean, labels)
 

@@ -19,7 +19,7 @@ from milesdeep.batch.edit_job import parse_targets as parse_targets
 from milesdeep.batch.runner import FileOutcome, one_line
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.planner import PlanParams
 from milesdeep.pipeline.ranges import format_time
@@ -154,13 +154,19 @@ def edit(
     without --overwrite (the video fails instead). A failed video is one error line and the
     run goes on; exit status 0 only if no video failed. Files found in folders that are named
     like edit outputs (`*.cut.*`, `*.cut.N.*`) are left out (name them to edit them)."""
+    from milesdeep.cli.tag import check_sampling
+    from milesdeep.pipeline.backend import REQUESTS
     from milesdeep.pipeline.run import RunOptions
 
+    # Checked even where they do not apply (--from-predictions): a typo is said, not ignored.
+    check_sampling(sampling)
+    if backend not in REQUESTS:
+        raise UsageError(f"--backend {backend!r} is not one of: {', '.join(REQUESTS)}")
     if export is not None and export not in EXPORTS:
-        raise MilesDeepError(f"--export {export!r} is not one of: {', '.join(EXPORTS)}")
+        raise UsageError(f"--export {export!r} is not one of: {', '.join(EXPORTS)}")
     if export is not None and (pieces or precise or faststart):
-        raise MilesDeepError("--export writes a timeline, not a video: drop -c / --precise / "
-                             "--faststart")
+        raise UsageError("--export writes a timeline, not a video: drop -c / --precise / "
+                         "--faststart")
     if export is not None:
         from milesdeep.pipeline.export import adapter_for
 
@@ -189,9 +195,8 @@ def edit(
             try:
                 _check_targets(job, labels, whose="its")  # the file's labels, not a model's
             except MilesDeepError as e:
-                raise MilesDeepError(str(e), from_predictions) from None
+                raise type(e)(str(e), from_predictions) from None
     else:
-        from milesdeep.cli.tag import check_sampling
         from milesdeep.pipeline.backend import resolve_backend
 
         job.bundle = o.resolve_model_options(model, *caffe)

@@ -9,7 +9,7 @@ import typer
 
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 
 
 @app.command("build-engine")
@@ -38,7 +38,7 @@ def build_engine_cmd(
     from milesdeep.trt_engine.sidecar import PRECISIONS
 
     if precision not in PRECISIONS:
-        raise MilesDeepError(f"--precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+        raise UsageError(f"--precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
     probe = probe_gpu()
     if not probe.usable:
         raise MilesDeepError(f"build-engine needs a GPU with TensorRT: {missing_line(probe)}")

@@ -9,7 +9,7 @@ import typer
 
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 from milesdeep.models.bundle import InputSpec, ModelBundle, load_bundle
 
 
@@ -26,7 +26,7 @@ def import_caffe_cmd(
     missing = [flag for flag, v in (("-p", prototxt), ("-w", weights), ("-l", labels),
                                     ("-o", output)) if v is None]
     if missing:
-        raise MilesDeepError(f"import-caffe needs {' '.join(missing)} (-p deploy.prototxt "
+        raise UsageError(f"import-caffe needs {' '.join(missing)} (-p deploy.prototxt "
                              "-w weights.caffemodel [-m mean.binaryproto] -l labels.txt "
                              "-o BUNDLE_DIR)")
     from milesdeep.models.caffe import import_caffe

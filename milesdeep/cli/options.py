@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import UsageError
 from milesdeep.models.bundle import ModelBundle, resolve_model
 
 ModelOpt = Annotated[
@@ -64,11 +64,11 @@ def resolve_model_options(
     caffe = [prototxt, weights, mean, labels]
     if any(x is not None for x in caffe):
         if model is not None:
-            raise MilesDeepError("give either --model or Caffe files (-p -w -m -l), not both")
+            raise UsageError("give either --model or Caffe files (-p -w -m -l), not both")
         missing = [flag for flag, v in (("-p", prototxt), ("-w", weights), ("-l", labels))
                    if v is None]
         if missing:
-            raise MilesDeepError(f"a Caffe model needs {' '.join(missing)} too "
+            raise UsageError(f"a Caffe model needs {' '.join(missing)} too "
                                  "(-p deploy.prototxt -w weights.caffemodel -l labels.txt)")
         from milesdeep.models.caffe import bundle_from_caffe
 

@@ -21,7 +21,7 @@ from milesdeep.batch.runner import FileOutcome
 from milesdeep.batch.tag_job import TagJob
 from milesdeep.cli import options as o
 from milesdeep.cli.app import app, console
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import UsageError
 from milesdeep.jobs import TagResult, tag_from_predictions
 from milesdeep.pipeline.planner import PlanParams
 from milesdeep.pipeline.run import RunOptions
@@ -44,7 +44,7 @@ def summary_table(result: TagResult) -> Table:
 def check_sampling(sampling: str) -> str:
     from milesdeep.pipeline.run import SAMPLING_MODES as allowed
     if sampling not in allowed:
-        raise MilesDeepError(f"--sampling {sampling!r} is not one of: {', '.join(allowed)}")
+        raise UsageError(f"--sampling {sampling!r} is not one of: {', '.join(allowed)}")
     return sampling
 
 
@@ -88,7 +88,7 @@ def tag(
     params = PlanParams(min_cut, max_gap, min_score, min_coverage)
     if from_predictions is not None:
         if videos or from_list is not None:
-            raise MilesDeepError("give either videos or --from-predictions, not both")
+            raise UsageError("give either videos or --from-predictions, not both")
         from milesdeep.pipeline.atomic import removed_if_left_empty
 
         with removed_if_left_empty(output_dir):  # a bad CSV leaves no new folder behind

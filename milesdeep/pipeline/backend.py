@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 
 BackendName = Literal["cpu", "gpu"]
 REQUESTS = ("auto", "cpu", "gpu")
@@ -216,7 +216,7 @@ def choose_backend(requested: str, probe: ProbeResult | None,
     `engine_problem` is why no usable TensorRT engine exists for this model (None: one does).
     """
     if requested not in REQUESTS:
-        raise MilesDeepError(f"unknown backend {requested!r}: use auto, cpu or gpu")
+        raise UsageError(f"unknown backend {requested!r}: use auto, cpu or gpu")
     if requested == "cpu":
         return BackendChoice("cpu", "requested with --backend cpu")
     if probe is None:
