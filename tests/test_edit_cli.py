@@ -396,3 +396,15 @@ def test_a_wrong_option_is_a_usage_error(video: Path, csv: Path, args: list[str]
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1
     assert names(video.parent) == before
+
+
+@pytest.mark.parametrize("rows", [100, 6])
+def test_predictions_of_another_video_are_refused(video: Path, tmp_path: Path, rows: int,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A 100-row CSV on this 12 s video cut it at seconds that mean nothing, exit 0."""
+    other = predictions_csv(tmp_path / "other.csv", "ab" * (rows // 2))
+    before = names(video.parent)
+    assert edit(video, "--from-predictions", other, "-t", "b", "-u", "0") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another video's" in err and "lasts 12.0 s" in err
+    assert names(video.parent) == before

@@ -64,6 +64,23 @@ def parse_targets(targets: str | None, all_but_other: bool, labels: tuple[str, .
     return [n for n in labels if n != other]
 
 
+def _check_fits(preds: Any, video: Path, csv: Path) -> None:
+    """Predictions made for another video (or for this one before it was replaced) would cut
+    it at seconds that mean nothing: `tag` writes one row per sample time of the video, so
+    more than a row too many or too few says the file is not this video's."""
+    from milesdeep.pipeline.decode import probe, sample_count
+
+    seconds = probe(video).duration
+    if seconds <= 0 or len(preds.times) < 2:
+        return  # no length to compare with; a one-row file covers any short video
+    expected = sample_count(seconds, preds.rate)
+    if abs(len(preds.times) - expected) > 1:
+        raise MilesDeepError(
+            f"the predictions in {csv.name} cover {len(preds.times) / preds.rate:.1f} s but "
+            f"the video lasts {seconds:.1f} s: they are another video's; run miles-deep tag "
+            "on this one", video)
+
+
 @dataclass
 class EditReport:
     """What one video's edit did (picklable: it crosses from worker processes)."""
@@ -287,7 +304,9 @@ class EditJob(ModelJob):
             if not csv.is_file():
                 raise MilesDeepError(f"no predictions file {csv}; run miles-deep tag on it "
                                      "first, or drop --from-predictions", path)
-            return read_predictions_csv(csv, self.run_options.rate)
+            preds = read_predictions_csv(csv, self.run_options.rate)
+            _check_fits(preds, path, csv)
+            return preds
         self.load()
         return self._runner.classify(path, self.run_options, progress, None)
 
