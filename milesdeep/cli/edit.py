@@ -137,7 +137,7 @@ def edit(
     mean: o.MeanOpt = None,
     labels: o.LabelsOpt = None,
     rate: o.RateOpt = 1.0,
-    sampling: o.SamplingOpt = "exact",
+    sampling: o.SamplingOpt = "adaptive",
     backend: o.BackendOpt = "auto",
     adaptive_margin: o.MarginOpt = 0.05,
     from_list: FromListOpt = None,
