@@ -458,3 +458,19 @@ def test_a_bad_option_is_one_line(args: list[str], says: str,
     assert run_app(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(says) and err.endswith(" -h)") and len(err.splitlines()) == 1
+
+
+def test_sigterm_stops_any_command_without_leaving_temporaries(tmp_path: Path) -> None:
+    """SIGTERM ended `sample` at once and left its `.part` file; every command now stops as
+    on Ctrl-C (exit 130) and removes what it had not finished."""
+    p = subprocess.Popen(cli("sample", str(tmp_path / "demo.mp4"), "--seconds", "600"),
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".demo*part*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".demo*part*")), "sample never started writing"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -35,7 +33,7 @@ from rich.table import Table
 from milesdeep.batch.job import BatchJob, FileWork, Progress
 from milesdeep.batch.state import FileKey, StateBook, options_hash
 from milesdeep.errors import MilesDeepError
-from milesdeep.pipeline.atomic import atomic_group, too_long_name
+from milesdeep.pipeline.atomic import atomic_group, sigterm_as_interrupt, too_long_name
 
 Status = Literal["done", "skipped", "failed"]
 
@@ -118,23 +116,6 @@ def _stat(path: Path) -> os.stat_result | None:
         return os.stat(path)
     except (OSError, ValueError):
         return None
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the run like Ctrl-C (temporaries removed, summary printed)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 class BatchRunner:
@@ -322,7 +303,7 @@ class BatchRunner:
                     self._announce(o, len(outcomes), n)
         summary = BatchSummary([])
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 if pending:
                     self.job.load()
                 if self.jobs > 1 and len(pending) > 1:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from milesdeep.errors import MilesDeepError, UsageError
+from milesdeep.pipeline.atomic import sigterm_as_interrupt
 
 app = typer.Typer(
     name="miles-deep",
@@ -36,7 +37,9 @@ def run_app(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("MILESDEEP_DEBUG"))
     try:
         # Without standalone mode, click returns typer.Exit's code instead of raising it.
-        rc = app(args=argv, standalone_mode=False)
+        # SIGTERM stops every command as Ctrl-C does: no temporaries left behind.
+        with sigterm_as_interrupt():
+            rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int):
             return rc
     except MilesDeepError as e:

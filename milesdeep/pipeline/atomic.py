@@ -10,6 +10,8 @@ import contextlib
 import contextvars
 import os
 import secrets
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -26,6 +28,24 @@ def check_writable_dir(directory: Path) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise MilesDeepError("the output directory is not writable; choose another with -o",
                              directory)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the work as Ctrl-C does (temporaries removed, a summary printed): by
+    default it ends the process at once and left temporaries (`.part` files) behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
