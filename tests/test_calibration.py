@@ -266,6 +266,14 @@ def test_calibrate_reuses_its_frames_and_feeds_build_engine(tmp_path: Path, colo
     assert np.array_equal(second.frames.held_out, first.frames.held_out)
     assert calibrate(bundle, vids, out, precision="int8", frames=12).reused_frames is False
     assert onnx_for_precision(bundle, "int8", out) == out / INT8_ONNX
+    # The folder holds what its report describes: an FP16-only run on other frames left the
+    # earlier INT8 model where build-engine --calibration takes it from.
+    fp16 = calibrate(bundle, vids[:1], out, precision="fp16", frames=12)
+    assert set(fp16.variants) == {"fp16"} and not (out / INT8_ONNX).exists()
+    assert set(fp16.report.variants) == {"fp16"}
+    # The same frames again, INT8 only: the FP16 model of the earlier run goes too.
+    int8 = calibrate(bundle, vids[:1], out, precision="int8", frames=12)
+    assert int8.reused_frames and not (out / FP16_ONNX).exists()
 
 
 def test_calibrate_command_refuses_bad_input_in_one_line(tmp_path: Path,

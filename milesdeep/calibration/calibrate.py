@@ -83,6 +83,9 @@ def calibrate(bundle: ModelBundle, videos: Sequence[Path], directory: Path,
     if fs is None:
         say(f"sampling {frames} frames from {len(videos)} video(s)")
         fs = sample_frames(videos, bundle.input, frames=frames, rate=rate, progress=progress)
+        # An INT8 variant and a report already here were made from other frames.
+        for stale in (directory / INT8_ONNX, directory / REPORT_FILE):
+            stale.unlink(missing_ok=True)
         save_frames(fs, directory)
     else:
         say(f"reusing the {len(fs.calibration) + len(fs.held_out)} frames in {directory}")
@@ -99,6 +102,12 @@ def calibrate(bundle: ModelBundle, videos: Sequence[Path], directory: Path,
     report, _ = evaluate(bundle, variants, fs, params,
                          method=method if "int8" in variants else None)
     report_path = write_report(report, directory)
+    # The folder holds what its report describes: a variant an earlier run made and this one
+    # did not (an INT8 model beside an FP16-only report) would be built from unmeasured.
+    for name, file in (("fp16", FP16_ONNX), ("int8", INT8_ONNX)):
+        if name not in variants and (directory / file).exists():
+            (directory / file).unlink()
+            say(f"removed the earlier run's {file} (this run made {', '.join(variants)})")
     files = [directory / "calibration.npz", directory / "held_out.npz", *variants.values(),
              report_path]
     return CalibrationResult(directory=directory, frames=fs, reused_frames=reused,
