@@ -495,6 +495,38 @@ def test_keyframe_cuts_of_an_intra_refresh_stream_start_a_keyframe_early(
     assert all(round(2.5 + 0.1 * k, 3) in shown for k in range(20))
 
 
+def test_precise_reencoding_keeps_interlacing_and_the_pixel_shape(tmp_path: Path) -> None:
+    """The re-encoded pictures of a smart cut came out progressive with square pixels, while
+    the copied ones were interlaced with 16:11 pixels: one stream mixing both."""
+    import numpy as np
+
+    path = tmp_path / "tff.mp4"
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 160, 96, "yuv420p"
+        vs.codec_context.sample_aspect_ratio = F(16, 11)
+        vs.codec_context.gop_size = 25
+        vs.options = {"preset": "veryfast", "bf": "0", "sc_threshold": "0",
+                      "x264-params": "interlaced=1:tff=1"}
+        for i in range(100):
+            rgb = np.zeros((96, 160, 3), np.uint8)
+            V.draw_code(rgb, i)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+    result = remux.cut_video(remux.index_media(path), [TimeRange(F(1, 2), F(3))],
+                             tmp_path / "out", precise=True)
+    assert result.plans[0].precise
+    with av.open(str(result.outputs[0])) as c:
+        vs = c.streams.video[0]
+        seen = {(f.interlaced_frame, str(vs.codec_context.sample_aspect_ratio))
+                for f in c.decode(vs)}
+    assert seen == {(True, "16/11")}
+
+
 def _timecoded(path: Path, tc: str | None, rate: F, n: int = 60, gop: int = 15) -> Path:
     """Coded frames 0..n-1 at `rate` whose video stream starts at timecode `tc` (FFmpeg's MOV
     muxer makes that a tmcd track, its Matroska muxer a tag)."""

@@ -196,7 +196,16 @@ class SegmentEncoder:
             enc.framerate = rate
         enc.max_b_frames = 0
         enc.gop_size = len(frames) + 1  # one IDR, at the start of the run
-        enc.options = {"crf": CRF, "preset": PRESET}
+        options = {"crf": CRF, "preset": PRESET}
+        src = self._stream.codec_context
+        if src.sample_aspect_ratio:  # non-square pixels: the SPS says so, as the copies' do
+            enc.sample_aspect_ratio = src.sample_aspect_ratio
+        if first.interlaced_frame:
+            # Interlaced pictures stay interlaced (one stream mixed both), in the source's
+            # field order.
+            bff = str(getattr(src, "field_order", "")) in ("bb", "bt")
+            options["x264-params"] = "bff=1" if bff else "tff=1"
+        enc.options = options
         for attr in ("color_range", "colorspace", "color_primaries", "color_trc"):
             try:
                 setattr(enc, attr, getattr(self._stream.codec_context, attr))
