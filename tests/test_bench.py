@@ -131,7 +131,8 @@ def test_bench_refuses_bad_requests(tmp_path: Path, bundle_dir: Path, capsys) ->
     assert run_app(["bench", str(video), "--model", str(bundle_dir), "--sampling", "every"]) == 2
     assert "--sampling 'every'" in capsys.readouterr().err
     assert run_app(["bench", str(tmp_path / "missing.mp4")]) == 1
-    assert "no such file" in capsys.readouterr().err
+    err = capsys.readouterr().err  # one line: no run announced before it
+    assert "no such file" in err and len(err.strip().splitlines()) == 1
     # --json naming a video wrote the figures over it (exit 0); nothing measured, no JSON.
     before = video.read_bytes()
     assert run_app(["bench", str(video), "--model", str(bundle_dir), "--json", str(video)]) == 1
@@ -221,3 +222,10 @@ def test_repeated_runs_report_each_mode_s_median(tmp_path: Path, bundle_dir: Pat
     assert said == [f"c.mp4: {m} ... ({k}/2)" for k in (1, 2)
                     for m in ("adaptive", "exact", "baseline (Miles Deep style)")]
     assert vr.agreement == {"adaptive": 1.0, BASELINE: 1.0}
+
+
+def test_a_ratio_under_one_says_slower() -> None:
+    from milesdeep.cli.bench import _times
+
+    assert _times(2.0, "faster", "slower") == "2.0× faster"
+    assert _times(0.8, "faster", "slower") == "1.2× slower"  # it said "0.8× faster"

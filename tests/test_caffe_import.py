@@ -423,6 +423,14 @@ def test_import_refuses_mismatched_labels_and_leaves_nothing(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no temporary left either
 
 
+def test_import_into_a_file_says_so(tmp_path: Path) -> None:
+    proto, weights, labels = tiny_files(tmp_path / "src")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MilesDeepError, match="afile: is a file; -o names the folder"):
+        import_caffe(proto, weights, None, labels, tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_a_ctrl_c_as_the_import_folder_is_made_leaves_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     proto, weights, labels = tiny_files(tmp_path / "src")
@@ -461,8 +469,11 @@ def test_find_model_folder_follows_miles_deep(tmp_path: Path) -> None:
     assert found is not None and found[2] is None and found[0].name == "deploy.prototxt"
     write_mean(tmp_path / "model" / "mean.binaryproto", (1.0, 2.0, 3.0))
     assert find_model_folder(tmp_path)[2] == tmp_path / "model" / "mean.binaryproto"
+    (tmp_path / "model" / "labels.txt").unlink()
+    with pytest.raises(MilesDeepError, match=r"no labels.txt; add it or pick"):
+        find_model_folder(tmp_path)  # (not "weights come with the original release")
     (tmp_path / "model" / "weights.caffemodel").unlink()
-    with pytest.raises(MilesDeepError, match="no weights.caffemodel"):
+    with pytest.raises(MilesDeepError, match=r"no weights.caffemodel; add it \(they come"):
         find_model_folder(tmp_path)
 
 

@@ -284,6 +284,7 @@ def test_calibrate_command_refuses_bad_input_in_one_line(tmp_path: Path,
     assert run_app(["calibrate", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
     assert "no such file" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1  # not "sampling 512 frames" first
     video = colour_video(tmp_path / "v.mp4", ["red"] * 3, fps=5)
     assert run_app(["calibrate", str(video), "--method", "kl", "-o", str(tmp_path / "c")]) == 2
     assert "--method" in capsys.readouterr().err

@@ -81,8 +81,15 @@ def calibrate(bundle: ModelBundle, videos: Sequence[Path], directory: Path,
     fs = None if resample else _reusable(directory, videos, bundle, rate, frames)
     reused = fs is not None
     if fs is None:
+        from milesdeep.pipeline.decode import probe
+
+        for v in videos:  # a bad file is its one error line, not a step announced first
+            probe(v)
         say(f"sampling {frames} frames from {len(videos)} video(s)")
         fs = sample_frames(videos, bundle.input, frames=frames, rate=rate, progress=progress)
+        got = len(fs.calibration) + len(fs.held_out)
+        if got < frames:
+            say(f"the videos hold {got} sample times at {rate:g} a second: {got} frames taken")
         # An INT8 variant and a report already here were made from other frames.
         for stale in (directory / INT8_ONNX, directory / REPORT_FILE):
             stale.unlink(missing_ok=True)

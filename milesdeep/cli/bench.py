@@ -60,6 +60,11 @@ def video_table(report, hardware: dict, repeat: int = 1) -> Table:
     return t
 
 
+def _times(ratio: float, better: str, worse: str) -> str:
+    """`2.0× faster`, or for a ratio under 1 `1.3× slower` (not `0.8× faster`)."""
+    return f"{ratio:.1f}× {better}" if ratio >= 1 else f"{1 / ratio:.1f}× {worse}"
+
+
 @app.command()
 def bench(
     videos: Annotated[list[Path] | None, typer.Argument(
@@ -121,7 +126,7 @@ def bench(
     if choice.name == "gpu":
         if "adaptive" in modes:
             raise UsageError("--backend gpu decodes every frame on NVDEC: use "
-                                 "--sampling exact or keyframes")
+                             "--sampling exact or keyframes")
         from milesdeep.pipeline.backend import probe_gpu
         from milesdeep.pipeline.run_gpu import open_gpu_backend
 
@@ -144,6 +149,9 @@ def bench(
                                                        width=max(console.width, 140))
 
     def _bench_one(video: Path) -> VideoReport:
+        from milesdeep.pipeline.decode import probe
+
+        probe(video)  # a bad file is its one error line, not a run announced first
         if isolate:
             what = modes + ["decode-only"] * decode_reference + [BASELINE] * baseline
             each: dict[str, list] = {}
@@ -172,8 +180,9 @@ def bench(
             for mode in modes:
                 s, c = report.speedup(mode), report.speedup(mode, cpu=True)
                 if s is not None:
-                    console.print(f"{mode}: {s:.1f}× faster than the Miles-Deep-style baseline"
-                                  + (f" ({c:.1f}× less CPU)" if c else ""))
+                    console.print(f"{mode}: {_times(s, 'faster', 'slower')} than the "
+                                  "Miles-Deep-style baseline"
+                                  + (f" ({_times(c, 'less', 'more')} CPU)" if c else ""))
     finally:
         if gpu_backend is not None:
             gpu_backend.close()

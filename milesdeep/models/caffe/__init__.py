@@ -52,7 +52,9 @@ def import_caffe(prototxt: Path, weights: Path, mean: Path | None, labels: Path,
     if mean is not None:
         mean = _check_file(mean, "-m", "mean file")
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MilesDeepError("is a file; -o names the folder to make the bundle in", out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise MilesDeepError("the bundle directory exists and is not empty; choose a new one",
                              out_dir)
     label_list = read_labels(labels)
@@ -148,8 +150,8 @@ def find_model_folder(cwd: Path) -> tuple[Path, Path, Path | None, Path] | None:
         return None
     for path in (weights, labels):
         if not path.is_file():
+            hint = " (they come with the original release)" if path == weights else ""
             raise MilesDeepError(
-                f"the Miles Deep model folder has {proto.name} but no {path.name}; add it "
-                "(weights come with the original release) or pick a model with --model",
-                folder)
+                f"the Miles Deep model folder has {proto.name} but no {path.name}; add "
+                f"it{hint} or pick a model with --model", folder)
     return proto, weights, (mean if mean.is_file() else None), labels
