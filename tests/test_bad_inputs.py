@@ -474,3 +474,14 @@ def test_sigterm_stops_any_command_without_leaving_temporaries(tmp_path: Path) -
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_edit_warns_of_a_truncated_file_as_tag_does(catalogue: dict[str, Path], model: Path,
+                                                    tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """edit classified the truncated file as tag does, but said nothing of its missing end."""
+    video = catalogue["truncated-mkv"]
+    assert run_app(["edit", str(video), "--model", str(model), "-t", "red", "-u", "1",
+                    "--backend", "cpu", "-o", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {video}: pictures end at 2.9 s" in err

@@ -296,7 +296,8 @@ class EditJob(ModelJob):
     def duration(self, prefetched: Any) -> float:
         return float(prefetched.duration)
 
-    def _scores(self, path: Path, progress: Progress | None):  # noqa: ANN202  (Predictions)
+    def _scores(self, path: Path, progress: Progress | None,  # noqa: ANN202  (Predictions)
+                times: Any = None):
         if self.predictions is not None:
             from milesdeep.pipeline.predictions import read_predictions_csv
 
@@ -308,16 +309,22 @@ class EditJob(ModelJob):
             _check_fits(preds, path, csv)
             return preds
         self.load()
-        return self._runner.classify(path, self.run_options, progress, None)
+        return self._runner.classify(path, self.run_options, progress, times)
 
     def process(self, path: Path, prefetched: Any, progress: Progress | None) -> FileWork:
+        from milesdeep.batch.tag_job import decode_warnings
         from milesdeep.pipeline import remux
         from milesdeep.pipeline.planner import plan_union
         from milesdeep.pipeline.ranges import kept_ranges, total
+        from milesdeep.pipeline.run import StageTimes
 
         index = prefetched
         path = Path(path)
-        preds = self._scores(path, progress)
+        times = StageTimes()
+        preds = self._scores(path, progress, times)
+        # Damaged or missing pictures are said as tag says them (the cut copies what is there).
+        warnings = decode_warnings(times.decode_errors, times.extra.get("decoded_end"),
+                                   preds.duration) if self.predictions is None else []
         other = self.other_label if self.bundle is not None and \
             tuple(self.bundle.labels) == tuple(preds.labels) else None
         names = parse_targets(self.targets, self.all_but_other, tuple(preds.labels), other)
@@ -327,16 +334,15 @@ class EditJob(ModelJob):
         if not cuts:
             report.nothing = "no cuts"
             report.removed = self._drop_earlier_outputs(path)
-            return FileWork([], seconds, detail=report, record=not self.single)
+            return FileWork([], seconds, warnings, report, record=not self.single)
         ranges = kept_ranges(cuts, preds.rate, index.duration, remove=self.remove,
                              margin=self.margin)
         report.kept = float(total(ranges))
         if not ranges:
             report.nothing = "all cut"
             report.removed = self._drop_earlier_outputs(path)
-            return FileWork([], seconds, detail=report, record=not self.single)
+            return FileWork([], seconds, warnings, report, record=not self.single)
         out_dir = self.output_dir(path)
-        warnings: list[str] = []
         if self.export is not None:
             from milesdeep.pipeline.export import adapter_for, build_timeline, write_timeline
 
@@ -365,7 +371,7 @@ class EditJob(ModelJob):
                 self._drop_stale_pieces(path, outputs)
             report.lines = result.summary_lines()
             if not self.single:  # a batch shows what went wrong with --precise as warnings
-                warnings = sorted({note for plan in result.plans for note in plan.notes
-                                   if "--precise" in note})
+                warnings += sorted({note for plan in result.plans for note in plan.notes
+                                    if "--precise" in note})
         report.outputs = outputs
         return FileWork(outputs, seconds, warnings, report)
