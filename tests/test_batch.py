@@ -374,3 +374,28 @@ def test_a_rerun_redoes_a_file_whose_outputs_another_run_rewrote(
     assert "skipped" in tag()  # unchanged since: done
     (out / "v.tag").write_text("garbage")
     assert "skipped" not in tag() and (out / "v.tag").read_text() != "garbage"
+
+
+def test_sigterm_with_an_idle_worker_stops_the_run(model: Path, tmp_path: Path) -> None:
+    """SIGTERM made an idle worker exit holding the work queue's lock; the busy one, done
+    with its interrupted file, then waited on that lock for ever, and so did the parent."""
+    short = colour_video(tmp_path / "short.mp4", ["red"] * 2, fps=5)
+    long = colour_video(tmp_path / "long.mp4", ["red", "gray"] * 200, fps=25)
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "milesdeep", "tag", str(short), str(long),
+                          "--model", str(model), "-j", "2", "--sampling", "exact",
+                          "--rate", "25", "-o", str(out)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (out / "short.tag").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # short's worker is idle from here on; long's is busy
+    assert (out / "short.tag").exists() and p.poll() is None
+    time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        pytest.fail("the run did not stop")
+    assert p.returncode == 130 and "interrupted" in err
+    assert not (out / "long.tag").exists()

@@ -30,12 +30,18 @@ if TYPE_CHECKING:
 
 _JOB: BatchJob | None = None
 _BUSY = False
+_STOPPING = False
+STOP_WAIT = 30.0  # seconds the parent waits for stopped workers before it kills them
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _STOPPING
+    _STOPPING = True
     if _BUSY:
         raise KeyboardInterrupt  # unwinds the file: atomic writes remove their temporaries
-    os._exit(0)
+    # An idle worker may be waiting for work holding the work queue's lock: exiting here left
+    # that lock held and the other workers, and the parent waiting for them, stuck for ever.
+    # It ends on the stop sentinel the parent sends instead.
 
 
 def _init_worker(job: BatchJob) -> None:
@@ -56,6 +62,8 @@ def _work(path: Path) -> tuple[str, Any, Any, float]:
 
     assert _JOB is not None
     t0 = time.perf_counter()
+    if _STOPPING:  # a file queued before the stop: not started
+        return "failed", f"{path}: interrupted", None, 0.0
     _BUSY = True
     try:
         st = os.stat(path) if os.path.exists(path) else None
@@ -74,9 +82,23 @@ def _work(path: Path) -> tuple[str, Any, Any, float]:
 
 
 def _stop_workers(ex: ProcessPoolExecutor) -> None:
-    for proc in list((getattr(ex, "_processes", None) or {}).values()):
+    """SIGTERM interrupts the file each worker is on; the queued ones are cancelled, and the
+    stop sentinels end the workers. One that is still there after STOP_WAIT is killed."""
+    import time
+
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    for proc in procs:
         with contextlib.suppress(Exception):
             proc.terminate()
+    ex.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + STOP_WAIT
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            if proc.is_alive():
+                proc.kill()
 
 
 def run_pool(runner: BatchRunner, pending: list[Path], outcomes: dict[Path, FileOutcome],
@@ -111,7 +133,6 @@ def run_pool(runner: BatchRunner, pending: list[Path], outcomes: dict[Path, File
                     runner._announce(o, len(outcomes), n)
         except BaseException:
             _stop_workers(ex)
-            ex.shutdown(wait=True, cancel_futures=True)
             raise
         ex.shutdown(wait=True)
         return broken
