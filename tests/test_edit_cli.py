@@ -139,6 +139,24 @@ def test_redo_with_nothing_left_removes_earlier_pieces(video: Path, tmp_path: Pa
     assert not folder.exists()
 
 
+@pytest.mark.parametrize("mine", ["file", "symlink"])
+def test_nothing_to_write_leaves_a_file_put_where_its_cut_was(video: Path, csv: Path,
+                                                               tmp_path: Path,
+                                                               mine: str) -> None:
+    """The name was claimed for this video, but the file there is the user's now (the cut
+    was deleted and another put in its place): the redo removed it."""
+    out = video.with_name("v.cut.mp4")
+    assert edit(video, "--from-predictions", csv, "-t", "b") == 0
+    out.unlink()
+    if mine == "file":
+        out.write_bytes(b"mine")
+    else:
+        (tmp_path / "target").write_bytes(b"mine")
+        out.symlink_to(tmp_path / "target")
+    assert edit(video, "--from-predictions", csv, "-t", "a") == 0
+    assert out.read_bytes() == b"mine"
+
+
 def test_nothing_to_write_leaves_a_file_it_did_not_write(video: Path, csv: Path) -> None:
     out = video.with_name("v.cut.mp4")
     out.write_bytes(b"mine")

@@ -260,8 +260,10 @@ class EditJob(ModelJob):
         """A redo that writes nothing (no cuts, or nothing left to keep) removes what an
         earlier run wrote for this video under this run's output names: left there, a cut
         made with other options would pass for this run's result. Only files the state
-        database says were written for this very video are removed."""
-        db, me = self._db(path), Path(os.path.abspath(path))
+        database recorded as written for this very video, and unchanged since, are removed
+        (not a file the user has put at the name since)."""
+        db = self._db(path)
+        ours = db.written_for(path)
         if self.export is not None or not self.pieces:
             found = [o for o in self.output_paths(path) if os.path.lexists(o)]
         else:
@@ -271,7 +273,7 @@ class EditJob(ModelJob):
                            if pattern.match(o.stem))
         removed = []
         for o in found:
-            if db.claimed_by(o) == me:
+            if Path(os.path.abspath(o)) in ours:
                 o.unlink()
                 removed.append(o)
         if removed and self.pieces and self.export is None:

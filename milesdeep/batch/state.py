@@ -203,6 +203,26 @@ class StateDB:
         except sqlite3.DatabaseError as e:
             raise _db_error(e, self.path) from None
 
+    def written_for(self, input_path: Path) -> set[Path]:
+        """The outputs a finished run recorded for `input_path` (with any model or options)
+        that are still there as that run wrote them: the same regular file, size and
+        modification time (not a file someone has put at the name since)."""
+        try:
+            conn = self._connect(create=False)
+            if conn is None:
+                return set()
+            rows = conn.execute("SELECT outputs FROM done WHERE path=?",
+                                (os.fsencode(os.path.abspath(input_path)),)).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise _db_error(e, self.path) from None
+        out = set()
+        for (outputs,) in rows:
+            for entry in json.loads(outputs):
+                if not isinstance(entry, str) and not os.path.islink(_path(entry)) and \
+                        _unchanged(entry):
+                    out.add(Path(os.path.abspath(_path(entry))))
+        return out
+
     def claimed_by(self, output: Path) -> Path | None:
         """The input `output` was claimed for, if any."""
         try:
