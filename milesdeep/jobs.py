@@ -185,9 +185,27 @@ def tag_from_predictions(csv: Path, *, params: PlanParams | None = None,
     name = stem_of_predictions(csv)
     stem = (out_dir if out_dir is not None else csv.parent) / name
     movie = _movie_beside(csv, name)
+    preds = _with_movie_length(preds, csv.parent / movie)
     cuts, outputs = write_tag_outputs(stem, movie, preds, params or PlanParams(), plot,
                                       write_predictions=False)
     return TagResult(movie, preds, cuts, outputs)
+
+
+def _with_movie_length(preds: Predictions, movie: Path) -> Predictions:
+    """The CSV gives sample times, not the video's length (up to a sample interval more):
+    where the movie it was made from is beside it, and fits it, its length is taken, so the
+    .tag's seconds are those `tag` gave the movie (below one sample a second they differed)."""
+    from milesdeep.pipeline.decode import probe
+
+    if not movie.is_file():
+        return preds
+    try:
+        seconds = probe(movie).duration
+    except MilesDeepError:
+        return preds
+    if seconds <= 0 or abs(len(preds.times) - sample_count(seconds, preds.rate)) > 1:
+        return preds
+    return replace(preds, duration=seconds)
 
 
 def _movie_beside(csv: Path, stem: str) -> str:

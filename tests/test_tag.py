@@ -121,6 +121,10 @@ def test_tag_rows_below_one_sample_a_second_stop_at_the_videos_end(
     assert tag.total_seconds == 4
     assert [(c.label, c.start, c.end) for c in tag.cuts] == [("red", 0, 3)]
     assert tag.seconds_per_label[tag.labels.index("red")] == 4
+    # Re-planned from its CSV (beside the movie, whose length the CSV does not hold): the same.
+    assert run_app(["tag", "--from-predictions", str(tmp_path / "v.predictions.csv"),
+                    "-u", "0", "-o", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "v.tag").read_text() == (tmp_path / "v.tag").read_text()
 
 
 def test_keyframe_sampling_holds_labels(tmp_path: Path, bundle_dir: Path) -> None:
