@@ -426,3 +426,47 @@ def test_predictions_of_another_video_are_refused(video: Path, tmp_path: Path, r
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "another video's" in err and "lasts 12.0 s" in err
     assert names(video.parent) == before
+
+
+def test_a_redo_keeps_files_the_user_put_at_its_names(video: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """Claims alone let a redo replace or delete what the user had put at an earlier cut's
+    name. Only files recorded as written for the video and unchanged are its own."""
+    from milesdeep.pipeline import remux
+
+    three = predictions_csv(tmp_path / "three.csv", "bbaabbaabbaa")
+    one = predictions_csv(tmp_path / "one.csv", "bbaaaaaaaaaa")
+    folder = tmp_path / "v.cut"
+    assert edit(video, "--from-predictions", three, "-t", "b", "-c", "-u", "0", "-g", "0") == 0
+    assert names(folder) == {"v.cut.1.mp4", "v.cut.2.mp4", "v.cut.3.mp4"}
+    (folder / "v.cut.2.mp4").unlink()
+    (folder / "v.cut.2.mp4").write_bytes(b"mine")  # the user's, at a recorded name
+    assert edit(video, "--from-predictions", one, "-t", "b", "-c", "-u", "0", "-g", "0") == 0
+    # Its own surplus piece goes (past the user's file too); the user's file stays.
+    assert names(folder) == {"v.cut.1.mp4", "v.cut.2.mp4"}
+    assert (folder / "v.cut.2.mp4").read_bytes() == b"mine"
+    assert "removed the earlier run's" in capsys.readouterr().err
+
+    # The same for a single cut: a redo does not replace the user's file without --overwrite.
+    out = video.with_name("v.cut.mp4")
+    assert edit(video, "--from-predictions", one, "-t", "b", "-u", "0") == 0
+    out.unlink()
+    out.write_bytes(b"mine")
+    assert edit(video, "--from-predictions", three, "-t", "b", "-u", "0", "-g", "0") == 1
+    assert out.read_bytes() == b"mine" and "pass --overwrite" in capsys.readouterr().err
+
+    # An interrupted write gives up its claim: what the user puts there later is theirs.
+    out.unlink()
+
+    def interrupted(output, packet):  # noqa: ANN001
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(remux, "_mux", interrupted)
+    assert edit(video, "--from-predictions", one, "-t", "b", "-u", "0") == 130
+    assert not out.exists()
+    monkeypatch.undo()
+    out.write_bytes(b"mine")
+    assert edit(video, "--from-predictions", one, "-t", "b", "-u", "0") == 1
+    assert out.read_bytes() == b"mine"

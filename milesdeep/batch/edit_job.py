@@ -9,6 +9,7 @@ with `overwrite`. Anything else there is left alone and that video fails with on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -230,52 +231,68 @@ class EditJob(ModelJob):
             self._book = StateBook()
         return self._book.db(self.output_dir(path))
 
-    def _claim(self, path: Path, outputs: list[Path]) -> None:
-        """Refuse to replace what another program (or another video) put at an output path,
-        unless --overwrite; then claim the paths for this video before writing them."""
+    def _ours(self, path: Path) -> Callable[[Path], bool]:
+        """Whether a file at an output name is this video's own, to replace or remove: one a
+        finished edit recorded as written for it and unchanged since, or one claimed for it
+        that no finished run recorded (what a run killed between writing and recording
+        left). Not a file the user has put at a recorded name since."""
         db = self._db(path)
         me = Path(os.path.abspath(path))
-        if not self.overwrite:
-            for o in outputs:
-                if os.path.lexists(o) and db.claimed_by(o) != me:
-                    raise MilesDeepError("output exists; pass --overwrite to replace it", o)
-        db.claim(path, outputs)
+        ours, recorded = db.written_for(path), db.written_for(path, unchanged=False)
 
-    def _drop_stale_pieces(self, path: Path, outputs: list[Path]) -> None:
+        def check(o: Path) -> bool:
+            a = Path(os.path.abspath(o))
+            return a in ours or (a not in recorded and db.claimed_by(o) == me)
+        return check
+
+    def _claim(self, path: Path, outputs: list[Path]) -> None:
+        """Refuse to replace what another program, the user or another video put at an output
+        path, unless --overwrite (`_ours`); then claim the paths for this video before
+        writing them."""
+        if not self.overwrite:
+            ours = self._ours(path)
+            for o in outputs:
+                if os.path.lexists(o) and not ours(o):
+                    raise MilesDeepError("output exists; pass --overwrite to replace it", o)
+        self._db(path).claim(path, outputs)
+
+    def _pieces_there(self, path: Path) -> dict[int, Path]:
+        """The files in `<stem>.cut/` named as this video's pieces, by number."""
+        stem = Path(path).stem
+        folder = self.output_dir(path) / f"{stem}.cut"
+        pattern = re.compile(re.escape(f"{stem}.cut.") + r"(\d+)$")
+        found = {}
+        for o in (folder.iterdir() if folder.is_dir() else ()):
+            m = pattern.match(o.stem)
+            if m:
+                found[int(m.group(1))] = o
+        return found
+
+    def _remove_ours(self, path: Path, candidates: list[Path]) -> list[Path]:
+        """Remove those of `candidates` that are this video's own (`_ours`)."""
+        ours = self._ours(path)
+        removed = []
+        for o in candidates:
+            if ours(o):
+                o.unlink()
+                removed.append(o)
+        return removed
+
+    def _drop_stale_pieces(self, path: Path, outputs: list[Path]) -> list[Path]:
         """A redo that gives fewer pieces removes this video's own surplus pieces."""
-        if not outputs:
-            return
-        db, me = self._db(path), Path(os.path.abspath(path))
-        last = outputs[-1]
-        stem, ext = Path(path).stem, last.suffix
-        i = len(outputs) + 1
-        while True:
-            extra = last.parent / f"{stem}.cut.{i}{ext}"
-            if not extra.exists() or db.claimed_by(extra) != me:
-                return
-            extra.unlink()
-            i += 1
+        surplus = [o for i, o in sorted(self._pieces_there(path).items())
+                   if i > len(outputs)]
+        return self._remove_ours(path, surplus)
 
     def _drop_earlier_outputs(self, path: Path) -> list[Path]:
         """A redo that writes nothing (no cuts, or nothing left to keep) removes what an
         earlier run wrote for this video under this run's output names: left there, a cut
-        made with other options would pass for this run's result. Only files the state
-        database recorded as written for this very video, and unchanged since, are removed
-        (not a file the user has put at the name since)."""
-        db = self._db(path)
-        ours = db.written_for(path)
+        made with other options would pass for this run's result."""
         if self.export is not None or not self.pieces:
             found = [o for o in self.output_paths(path) if os.path.lexists(o)]
         else:
-            folder = self.output_dir(path) / f"{Path(path).stem}.cut"
-            pattern = re.compile(re.escape(f"{Path(path).stem}.cut.") + r"\d+$")
-            found = sorted(o for o in (folder.iterdir() if folder.is_dir() else ())
-                           if pattern.match(o.stem))
-        removed = []
-        for o in found:
-            if Path(os.path.abspath(o)) in ours:
-                o.unlink()
-                removed.append(o)
+            found = [o for _, o in sorted(self._pieces_there(path).items())]
+        removed = self._remove_ours(path, found)
         if removed and self.pieces and self.export is None:
             try:
                 removed[0].parent.rmdir()  # only when nothing else is left in it
@@ -315,7 +332,6 @@ class EditJob(ModelJob):
 
     def process(self, path: Path, prefetched: Any, progress: Progress | None) -> FileWork:
         from milesdeep.batch.tag_job import decode_warnings
-        from milesdeep.pipeline import remux
         from milesdeep.pipeline.planner import plan_union
         from milesdeep.pipeline.ranges import kept_ranges, total
         from milesdeep.pipeline.run import StageTimes
@@ -344,13 +360,29 @@ class EditJob(ModelJob):
             report.nothing = "all cut"
             report.removed = self._drop_earlier_outputs(path)
             return FileWork([], seconds, warnings, report, record=not self.single)
+        with contextlib.ExitStack() as stack:
+            work = self._write(path, index, ranges, report, warnings, stack)
+            stack.pop_all()  # written: the claims stand
+        return work
+
+    def _unclaim_missing(self, path: Path, outputs: list[Path]) -> None:
+        """A write that failed or was interrupted gives up its claims on the names it did
+        not write: a file the user puts there later is not this video's to replace."""
+        self._db(path).unclaim(path, [o for o in outputs if not os.path.lexists(o)])
+
+    def _write(self, path: Path, index: Any, ranges: Any, report: EditReport,
+               warnings: list[str], stack: contextlib.ExitStack) -> FileWork:
+        from milesdeep.pipeline import remux
+
         out_dir = self.output_dir(path)
+        seconds = float(index.duration)
         if self.export is not None:
             from milesdeep.pipeline.export import adapter_for, build_timeline, write_timeline
 
             _, ext = adapter_for(self.export)
             outputs = [out_dir / f"{path.stem}.cut{ext}"]
             self._claim(path, outputs)
+            stack.callback(self._unclaim_missing, path, outputs)
             # The EDL and FCPXML adapters render a second track badly (FCPXML) or not at
             # all (EDL): the audio track goes into OTIO's own format only.
             audio = self.export == "otio" and any(s.kind == "audio" for s in index.others)
@@ -365,12 +397,13 @@ class EditJob(ModelJob):
             if long is not None:
                 raise MilesDeepError(long, path)
             self._claim(path, outputs)
+            stack.callback(self._unclaim_missing, path, outputs)
             result = remux.cut_video(index, ranges, out_dir, precise=self.precise,
                                      pieces=self.pieces, overwrite=True,
                                      faststart=self.faststart)
             outputs = list(result.outputs)
             if self.pieces:
-                self._drop_stale_pieces(path, outputs)
+                report.removed = self._drop_stale_pieces(path, outputs)
             report.lines = result.summary_lines()
             if not self.single:  # a batch shows what went wrong with --precise as warnings
                 warnings += sorted({note for plan in result.plans for note in plan.notes

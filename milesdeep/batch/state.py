@@ -203,10 +203,11 @@ class StateDB:
         except sqlite3.DatabaseError as e:
             raise _db_error(e, self.path) from None
 
-    def written_for(self, input_path: Path) -> set[Path]:
+    def written_for(self, input_path: Path, unchanged: bool = True) -> set[Path]:
         """The outputs a finished run recorded for `input_path` (with any model or options)
         that are still there as that run wrote them: the same regular file, size and
-        modification time (not a file someone has put at the name since)."""
+        modification time (not a file someone has put at the name since); with
+        `unchanged=False`, every output recorded, as it is now or not."""
         try:
             conn = self._connect(create=False)
             if conn is None:
@@ -218,10 +219,22 @@ class StateDB:
         out = set()
         for (outputs,) in rows:
             for entry in json.loads(outputs):
-                if not isinstance(entry, str) and not os.path.islink(_path(entry)) and \
-                        _unchanged(entry):
+                if not unchanged or (not isinstance(entry, str) and
+                                     not os.path.islink(_path(entry)) and _unchanged(entry)):
                     out.add(Path(os.path.abspath(_path(entry))))
         return out
+
+    def unclaim(self, input_path: Path, outputs: Sequence[Path]) -> None:
+        """Drop `input_path`'s claims on `outputs` (a run that stopped before writing them)."""
+        src = os.fsencode(os.path.abspath(input_path))
+        try:
+            conn = self._connect(create=False)
+            if conn is None:
+                return
+            conn.executemany("DELETE FROM claims WHERE output=? AND input=?",
+                             [(os.fsencode(os.path.abspath(o)), src) for o in outputs])
+        except sqlite3.DatabaseError as e:
+            raise _db_error(e, self.path) from None
 
     def claimed_by(self, output: Path) -> Path | None:
         """The input `output` was claimed for, if any."""

@@ -74,6 +74,8 @@ def _report_single(r: EditReport, remove: bool) -> None:
         _say(line)
     for path in r.outputs:
         _say(f"wrote {path}")
+    if r.removed:
+        _say(_removed(r).removeprefix("; "))
 
 
 def _report_line(r: EditReport) -> None:
@@ -86,7 +88,7 @@ def _report_line(r: EditReport) -> None:
         if r.nothing:
             text += "; nothing left to keep, nothing written" + _removed(r, True)
         else:
-            text += " -> " + ", ".join(p.name for p in r.outputs)
+            text += " -> " + ", ".join(p.name for p in r.outputs) + _removed(r, True)
     _say(one_line(f"  {r.name}: {text}"))
 
 
