@@ -470,3 +470,20 @@ def test_a_redo_keeps_files_the_user_put_at_its_names(video: Path, tmp_path: Pat
     out.write_bytes(b"mine")
     assert edit(video, "--from-predictions", one, "-t", "b", "-u", "0") == 1
     assert out.read_bytes() == b"mine"
+
+
+def test_an_edl_at_a_frame_rate_timecode_has_not_is_one_line(tmp_path: Path) -> None:
+    """EDL timecode has SMPTE's rates only: a 10 fps video's EDL was an internal error."""
+    from fractions import Fraction
+
+    from milesdeep.errors import MilesDeepError
+    from milesdeep.pipeline.export import build_timeline, write_timeline
+    from milesdeep.pipeline.ranges import TimeRange
+
+    src = tmp_path / "src.mp4"
+    src.write_bytes(b"")
+    tl = build_timeline(src, [TimeRange(Fraction(1), Fraction(3))], Fraction(10), Fraction(6))
+    with pytest.raises(MilesDeepError, match=r"t\.edl: cannot write the timeline as edl .*"
+                                             r"use --export otio"):
+        write_timeline(tl, tmp_path / "t.edl", "edl")
+    assert not (tmp_path / "t.edl").exists()

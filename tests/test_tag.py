@@ -85,6 +85,10 @@ def test_replan_from_predictions_without_the_network(video: Path, bundle_dir: Pa
     bad.write_text("time,a,b\n0,0.5,nan\n")
     assert run_app(["tag", "--from-predictions", str(bad), "-o", str(tmp_path / "new")]) == 1
     assert not (tmp_path / "new").exists()
+    # Nor the folders above a new nested one.
+    assert run_app(["tag", str(tmp_path / "missing.mp4"), "--model", str(bundle_dir),
+                    "-o", str(tmp_path / "n1" / "n2")]) == 1
+    assert not (tmp_path / "n1").exists()
 
 
 @pytest.mark.parametrize(("rate", "rows", "cut"), [

@@ -54,6 +54,8 @@ def removed_if_left_empty(directory: Path | None, ours: Callable[[str], bool] = 
     """A folder this block creates (-o) is removed again if, at the end, it holds nothing but
     files `ours` names (a run's state records): a run that wrote nothing leaves nothing."""
     made = directory is not None and not directory.exists()
+    # The folders above it that the block may make too (-o new/sub/out): they go as well.
+    above = [d for d in directory.parents if not d.exists()] if made and directory else []
     try:
         yield
     finally:
@@ -64,6 +66,8 @@ def removed_if_left_empty(directory: Path | None, ours: Callable[[str], bool] = 
                     for p in left:
                         p.unlink()
                     directory.rmdir()
+                    for d in above:  # nearest first; one that holds anything stays
+                        d.rmdir()
 
 
 def _name_max(directory: Path) -> int:

@@ -112,7 +112,11 @@ def adapter_for(kind: str) -> tuple[str, str]:
 def write_timeline(timeline, path: Path, kind: str, overwrite: bool = False) -> Path:
     """Write `timeline` in the --export format `kind` to `path` (atomically)."""
     adapter, _ = adapter_for(kind)
-    text = _otio().adapters.write_to_string(timeline, adapter)
+    try:
+        text = _otio().adapters.write_to_string(timeline, adapter)
+    except ValueError as e:  # EDL's timecode has only SMPTE's frame rates (24, 25, 30, ...)
+        raise MilesDeepError(f"cannot write the timeline as {kind} ({e}); use --export otio",
+                             path) from None
     return write_text_atomic(Path(path), text, overwrite=overwrite)
 
 
