@@ -404,3 +404,28 @@ def test_redo_that_finds_no_cuts_removes_that_videos_earlier_cut(
 
 def names_in(d: Path) -> set[str]:
     return {p.name for p in d.iterdir() if not p.name.startswith(STATE_NAME)}
+
+
+def test_a_state_database_that_cannot_be_written_names_each_video(
+        model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each video failed with the same line naming only the database."""
+    from milesdeep.batch.state import StateDB as DB
+    from milesdeep.errors import MilesDeepError
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("x", "y"):
+        colour_video(lib / f"{name}.mp4", red_at(1), fps=FPS)
+    out = tmp_path / "out"
+
+    def readonly(self, input_path, outputs):  # noqa: ANN001
+        raise MilesDeepError("cannot use the run's state database (attempt to write a "
+                             "readonly database)", self.path)
+
+    monkeypatch.setattr(DB, "claim", readonly)
+    assert edit(lib, "--model", model, "-t", "red", "-u", "2", "-g", "0", "-o", out) == 1
+    lines = errors(capsys.readouterr().err)
+    assert len(lines) == 2
+    assert any(str(lib / "x.mp4") in line for line in lines)
+    assert any(str(lib / "y.mp4") in line for line in lines)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from milesdeep.batch.job import FileWork, ModelJob, Progress, readahead
-from milesdeep.batch.state import StateBook
+from milesdeep.batch.state import STATE_NAME, StateBook
 from milesdeep.errors import MilesDeepError, UsageError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.atomic import too_long_name
@@ -249,12 +249,18 @@ class EditJob(ModelJob):
         """Refuse to replace what another program, the user or another video put at an output
         path, unless --overwrite (`_ours`); then claim the paths for this video before
         writing them."""
-        if not self.overwrite:
-            ours = self._ours(path)
-            for o in outputs:
-                if os.path.lexists(o) and not ours(o):
-                    raise MilesDeepError("output exists; pass --overwrite to replace it", o)
-        self._db(path).claim(path, outputs)
+        try:
+            if not self.overwrite:
+                ours = self._ours(path)
+                for o in outputs:
+                    if os.path.lexists(o) and not ours(o):
+                        raise MilesDeepError("output exists; pass --overwrite to replace it", o)
+            self._db(path).claim(path, outputs)
+        except MilesDeepError as e:
+            if e.path is not None and e.path.name.startswith(STATE_NAME):
+                # One line per video failed so: each names its video, not only the database.
+                raise MilesDeepError(str(e), path) from None
+            raise
 
     def _pieces_there(self, path: Path) -> dict[int, Path]:
         """The files in `<stem>.cut/` named as this video's pieces, by number."""
