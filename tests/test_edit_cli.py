@@ -487,3 +487,21 @@ def test_an_edl_at_a_frame_rate_timecode_has_not_is_one_line(tmp_path: Path) -> 
                                              r"use --export otio"):
         write_timeline(tl, tmp_path / "t.edl", "edl")
     assert not (tmp_path / "t.edl").exists()
+
+
+def test_a_piece_named_as_an_input_is_never_written_over(video: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """The input-clash check knew only the first piece's name: a later piece named as an
+    input of the same run was rewritten (or deleted) while it was read."""
+    three = predictions_csv(tmp_path / "v.predictions.csv", "bbaabbaabbaa")
+    args = ["--from-predictions", tmp_path, "-t", "b", "-c", "-u", "0", "-g", "0"]
+    assert edit(video, *args) == 0
+    piece = tmp_path / "v.cut" / "v.cut.2.mp4"
+    before = sha(piece)
+    predictions_csv(tmp_path / "v.cut.2.predictions.csv", "bb")
+    capsys.readouterr()
+    assert edit(video, piece, *args, "--remove") == 1
+    err = capsys.readouterr().err
+    assert f"its output would replace {piece}, an input of this run" in err
+    assert sha(piece) == before and three.exists()

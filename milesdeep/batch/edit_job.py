@@ -212,6 +212,16 @@ class EditJob(ModelJob):
             return [d / f"{stem}.cut" / f"{stem}.cut.1{e}" for e in exts]
         return [d / f"{stem}.cut{e}" for e in exts]
 
+    def may_write(self, path: Path, other: str) -> bool:
+        """With pieces, any `<stem>.cut/<stem>.cut.<i><ext>` (output_paths names the first)."""
+        if not self.pieces or self.export is not None:
+            return False
+        stem = Path(path).stem
+        folder = os.path.realpath(self.output_dir(path) / f"{stem}.cut")
+        there = Path(other)
+        return str(there.parent) == folder and bool(
+            re.fullmatch(re.escape(f"{stem}.cut.") + r"\d+", there.stem))
+
     def temporary_patterns(self, path: Path) -> list[tuple[Path, str]]:
         """Pieces' temporaries (`milesdeep.pipeline.atomic` names them after the first 40
         characters of the piece's stem, `<stem>.cut.<i>`)."""

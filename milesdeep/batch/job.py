@@ -61,6 +61,11 @@ class BatchJob:
         before the file is processed (and so are not in `output_paths`)."""
         return []
 
+    def may_write(self, path: Path, other: str) -> bool:
+        """Whether processing `path` may write the file at real path `other` though it is not
+        in `output_paths` (outputs whose number is known only once the file is processed)."""
+        return False
+
     def file_key(self, path: Path) -> str:
         """What else, besides the input itself, the model and the options, a file's outputs
         depend on (a digest; "" for nothing): a change of it redoes the file."""

@@ -235,7 +235,8 @@ class BatchRunner:
                 continue
             if here in outputs_of_run and here in found:
                 continue  # an output of this very run found by walking a folder
-            inputs = sorted((mine & named) - {os.path.realpath(p)})
+            inputs = sorted(x for x in named - {os.path.realpath(p)}
+                            if x in mine or self.job.may_write(p, x))
             if inputs:  # a file named to be processed is never written over
                 known[p] = FileOutcome(p, "failed", str(MilesDeepError(
                     f"its output would replace {one_line(inputs[0])}, an input of this run; "
