@@ -196,6 +196,7 @@ def _with_movie_length(preds: Predictions, movie: Path) -> Predictions:
     where the movie it was made from is beside it, and fits it, its length is taken, so the
     .tag's seconds are those `tag` gave the movie (below one sample a second they differed)."""
     from milesdeep.pipeline.decode import probe
+    from milesdeep.pipeline.predictions import fits_video
 
     if not movie.is_file():
         return preds
@@ -203,7 +204,7 @@ def _with_movie_length(preds: Predictions, movie: Path) -> Predictions:
         seconds = probe(movie).duration
     except MilesDeepError:
         return preds
-    if seconds <= 0 or abs(len(preds.times) - sample_count(seconds, preds.rate)) > 1:
+    if seconds <= 0 or not fits_video(preds, seconds):
         return preds
     return replace(preds, duration=seconds)
 

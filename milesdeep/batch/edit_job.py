@@ -9,7 +9,6 @@ with `overwrite`. Anything else there is left alone and that video fails with on
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -69,13 +68,13 @@ def _check_fits(preds: Any, video: Path, csv: Path) -> None:
     """Predictions made for another video (or for this one before it was replaced) would cut
     it at seconds that mean nothing: `tag` writes one row per sample time of the video, so
     more than a row too many or too few says the file is not this video's."""
-    from milesdeep.pipeline.decode import probe, sample_count
+    from milesdeep.pipeline.decode import probe
+    from milesdeep.pipeline.predictions import fits_video
 
     seconds = probe(video).duration
     if seconds <= 0 or len(preds.times) < 2:
         return  # no length to compare with; a one-row file covers any short video
-    expected = sample_count(seconds, preds.rate)
-    if abs(len(preds.times) - expected) > 1:
+    if not fits_video(preds, seconds):
         raise MilesDeepError(
             f"the predictions in {csv.name} cover {len(preds.times) / preds.rate:.1f} s but "
             f"the video lasts {seconds:.1f} s: they are another video's; run miles-deep tag "
@@ -248,11 +247,11 @@ class EditJob(ModelJob):
         left). Not a file the user has put at a recorded name since."""
         db = self._db(path)
         me = Path(os.path.abspath(path))
-        ours, recorded = db.written_for(path), db.written_for(path, unchanged=False)
+        recorded = db.recorded_for(path)
 
         def check(o: Path) -> bool:
             a = Path(os.path.abspath(o))
-            return a in ours or (a not in recorded and db.claimed_by(o) == me)
+            return recorded[a] if a in recorded else db.claimed_by(o) == me
         return check
 
     def _claim(self, path: Path, outputs: list[Path]) -> None:
@@ -376,10 +375,12 @@ class EditJob(ModelJob):
             report.nothing = "all cut"
             report.removed = self._drop_earlier_outputs(path)
             return FileWork([], seconds, warnings, report, record=not self.single)
-        with contextlib.ExitStack() as stack:
-            work = self._write(path, index, ranges, report, warnings, stack)
-            stack.pop_all()  # written: the claims stand
-        return work
+        claimed: list[Path] = []
+        try:
+            return self._write(path, index, ranges, report, warnings, claimed)
+        except BaseException:
+            self._unclaim_missing(path, claimed)
+            raise
 
     def _unclaim_missing(self, path: Path, outputs: list[Path]) -> None:
         """A write that failed or was interrupted gives up its claims on the names it did
@@ -387,7 +388,8 @@ class EditJob(ModelJob):
         self._db(path).unclaim(path, [o for o in outputs if not os.path.lexists(o)])
 
     def _write(self, path: Path, index: Any, ranges: Any, report: EditReport,
-               warnings: list[str], stack: contextlib.ExitStack) -> FileWork:
+               warnings: list[str], claimed: list[Path]) -> FileWork:
+        """Write the kept `ranges`; `claimed` gets the names claimed for them."""
         from milesdeep.pipeline import remux
 
         out_dir = self.output_dir(path)
@@ -398,7 +400,7 @@ class EditJob(ModelJob):
             _, ext = adapter_for(self.export)
             outputs = [out_dir / f"{path.stem}.cut{ext}"]
             self._claim(path, outputs)
-            stack.callback(self._unclaim_missing, path, outputs)
+            claimed += outputs
             # The EDL and FCPXML adapters render a second track badly (FCPXML) or not at
             # all (EDL): the audio track goes into OTIO's own format only.
             audio = self.export == "otio" and any(s.kind == "audio" for s in index.others)
@@ -413,7 +415,7 @@ class EditJob(ModelJob):
             if long is not None:
                 raise MilesDeepError(long, path)
             self._claim(path, outputs)
-            stack.callback(self._unclaim_missing, path, outputs)
+            claimed += outputs
             result = remux.cut_video(index, ranges, out_dir, precise=self.precise,
                                      pieces=self.pieces, overwrite=True,
                                      faststart=self.faststart)

@@ -203,25 +203,24 @@ class StateDB:
         except sqlite3.DatabaseError as e:
             raise _db_error(e, self.path) from None
 
-    def written_for(self, input_path: Path, unchanged: bool = True) -> set[Path]:
-        """The outputs a finished run recorded for `input_path` (with any model or options)
-        that are still there as that run wrote them: the same regular file, size and
-        modification time (not a file someone has put at the name since); with
-        `unchanged=False`, every output recorded, as it is now or not."""
+    def recorded_for(self, input_path: Path) -> dict[Path, bool]:
+        """Every output a finished run recorded for `input_path` (with any model or options),
+        and whether it is still there as that run wrote it: the same regular file, size and
+        modification time (not a file someone has put at the name since)."""
         try:
             conn = self._connect(create=False)
             if conn is None:
-                return set()
+                return {}
             rows = conn.execute("SELECT outputs FROM done WHERE path=?",
                                 (os.fsencode(os.path.abspath(input_path)),)).fetchall()
         except sqlite3.DatabaseError as e:
             raise _db_error(e, self.path) from None
-        out = set()
+        out: dict[Path, bool] = {}
         for (outputs,) in rows:
             for entry in json.loads(outputs):
-                if not unchanged or (not isinstance(entry, str) and
-                                     not os.path.islink(_path(entry)) and _unchanged(entry)):
-                    out.add(Path(os.path.abspath(_path(entry))))
+                a = Path(os.path.abspath(_path(entry)))
+                out[a] = out.get(a, False) or (not isinstance(entry, str) and
+                                               not os.path.islink(a) and _unchanged(entry))
         return out
 
     def unclaim(self, input_path: Path, outputs: Sequence[Path]) -> None:

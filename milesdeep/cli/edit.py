@@ -157,13 +157,12 @@ def edit(
     run goes on; exit status 0 only if no video failed. Files found in folders that are named
     like edit outputs (`*.cut.*`, `*.cut.N.*`) are left out (name them to edit them)."""
     from milesdeep.cli.tag import check_sampling
-    from milesdeep.pipeline.backend import REQUESTS
+    from milesdeep.pipeline.backend import check_request
     from milesdeep.pipeline.run import RunOptions
 
     # Checked even where they do not apply (--from-predictions): a typo is said, not ignored.
     check_sampling(sampling)
-    if backend not in REQUESTS:
-        raise UsageError(f"--backend {backend!r} is not one of: {', '.join(REQUESTS)}")
+    check_request(backend)
     if export is not None and export not in EXPORTS:
         raise UsageError(f"--export {export!r} is not one of: {', '.join(EXPORTS)}")
     if export is not None and (pieces or precise or faststart):

@@ -205,6 +205,12 @@ def missing_line(probe: ProbeResult) -> str:
     return "missing " + "; ".join(parts) + hint
 
 
+def check_request(requested: str) -> None:
+    """--backend takes auto, cpu or gpu (a usage error otherwise)."""
+    if requested not in REQUESTS:
+        raise UsageError(f"unknown backend {requested!r}: use auto, cpu or gpu")
+
+
 def choose_backend(requested: str, probe: ProbeResult | None,
                    engine_problem: str | None = None) -> BackendChoice:
     """Decide which backend runs.
@@ -215,8 +221,7 @@ def choose_backend(requested: str, probe: ProbeResult | None,
       reason.
     `engine_problem` is why no usable TensorRT engine exists for this model (None: one does).
     """
-    if requested not in REQUESTS:
-        raise UsageError(f"unknown backend {requested!r}: use auto, cpu or gpu")
+    check_request(requested)
     if requested == "cpu":
         return BackendChoice("cpu", "requested with --backend cpu")
     if probe is None:

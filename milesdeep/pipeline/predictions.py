@@ -200,3 +200,11 @@ def read_predictions_csv(path: str | Path, rate: float = 1.0) -> Predictions:
                   f"{MAX_RATE:g}")
     duration = float(times[-1] + 1.0 / rate) if len(times) else 0.0
     return Predictions(labels, times, probs.astype(np.float32), float(rate), duration)
+
+
+def fits_video(preds: Predictions, seconds: float) -> bool:
+    """Whether `preds` can be a video's of `seconds` length: `tag` writes one row per sample
+    time, so more than a row too many or too few says they are another video's."""
+    from milesdeep.pipeline.decode import sample_count
+
+    return abs(len(preds.times) - sample_count(seconds, preds.rate)) <= 1

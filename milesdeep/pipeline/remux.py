@@ -261,10 +261,14 @@ def _next_pts(index: MediaIndex, t: Fraction) -> int:
     return index.sorted_pts[i] if i < len(index.sorted_pts) else index.end
 
 
+def _key_position(index: MediaIndex, t: Fraction) -> int:
+    """Place in `index.key_pts` of the last keyframe with pts <= t (the first if none)."""
+    return max(bisect.bisect_right(index.key_pts, t) - 1, 0)
+
+
 def _key_at_or_before(index: MediaIndex, t: Fraction) -> int:
     """Decode index of the last keyframe with pts <= t (the first keyframe if none)."""
-    n = bisect.bisect_right(index.key_pts, t)
-    return index.key_idx[max(n - 1, 0)]
+    return index.key_idx[_key_position(index, t)]
 
 
 def _key_after(index: MediaIndex, t: int) -> int | None:
@@ -311,8 +315,8 @@ def _keyframe_spans(index: MediaIndex, ranges: Sequence[TimeRange], merge: bool,
     spans: list[Span] = []
     early = 0
     for r in ranges:
-        first = _key_at_or_before(index, index.ticks(r.start))
-        n = index.key_idx.index(first)
+        n = _key_position(index, index.ticks(r.start))
+        first = index.key_idx[n]
         if not index.video.whole[first] and n > 0:
             # An intra-refresh recovery point: a decoder starting there shows nothing until
             # the refresh has gone round (1.2 s of a cut was lost so). Starting at the
