@@ -376,6 +376,55 @@ def test_a_rerun_redoes_a_file_whose_outputs_another_run_rewrote(
     assert "skipped" not in tag() and (out / "v.tag").read_text() != "garbage"
 
 
+def test_tag_keeps_another_videos_results_of_the_same_name(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two folders' clip.mp4 tagged into one -o, in two runs: the second used to replace the
+    first one's .tag and CSV without a word. It fails, naming the file, and they stay; the
+    first video's own rerun still replaces its results."""
+    a = colour_video((tmp_path / "a").mkdir() or tmp_path / "a" / "clip.mp4", ["red"] * 4, fps=5)
+    b = colour_video((tmp_path / "b").mkdir() or tmp_path / "b" / "clip.mp4", ["blue"] * 4,
+                     fps=5)
+    out = tmp_path / "out"
+
+    def tag(video: Path, *extra: str) -> tuple[int, str]:
+        rc = run_app(["tag", str(video), "--model", str(model), "-o", str(out), *extra])
+        return rc, capsys.readouterr().err
+
+    assert tag(a)[0] == 0
+    before = {p.name: sha(p) for p in out.glob("clip.*")}
+    rc, err = tag(b)
+    assert rc == 1 and "holds the results of" in err and str(a) in err
+    assert "Traceback" not in err and {p.name: sha(p) for p in out.glob("clip.*")} == before
+    rows = (out / "clip.predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("time,red,") and float(rows[1].split(",")[1]) > 0.9  # a's: red
+    assert tag(a, "--rate", "2")[0] == 0  # its own: replaced
+    assert {p.name: sha(p) for p in out.glob("clip.*")} != before
+
+
+def test_tag_without_plot_removes_its_own_earlier_timeline(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rerun without --plot left the earlier run's timeline, showing the scores it had
+    just replaced. This video's own one goes (and is reported); a PNG someone put at the
+    name, or changed since, stays."""
+    video = colour_video(tmp_path / "v.mp4", ["red", "blue"] * 2, fps=5)
+    out = tmp_path / "out"
+    png = out / "v.timeline.png"
+
+    def tag(*extra: str) -> str:
+        assert run_app(["tag", str(video), "--model", str(model), "-o", str(out), *extra]) == 0
+        return capsys.readouterr().err
+
+    tag("--plot")
+    assert png.is_file()
+    err = tag()
+    assert not png.exists() and "removed the earlier run's v.timeline.png" in err
+    tag("--plot", "--rate", "2")
+    png.write_bytes(png.read_bytes() + b"\0")  # changed since the run wrote it
+    tag("--rate", "2")
+    assert png.exists()
+    assert (out / "v.tag").is_file()
+
+
 def test_sigterm_with_an_idle_worker_stops_the_run(model: Path, tmp_path: Path) -> None:
     """SIGTERM made an idle worker exit holding the work queue's lock; the busy one, done
     with its interrupted file, then waited on that lock for ever, and so did the parent."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from milesdeep.batch.job import FileWork, ModelJob, Progress
+from milesdeep.batch.state import StateBook
+from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.planner import PlanParams
 from milesdeep.pipeline.run import RunOptions
@@ -53,15 +56,23 @@ class TagJob(ModelJob):
     command = "tag"
     _runner: Any = field(default=None, repr=False, compare=False)
     _stack: Any = field(default=None, repr=False, compare=False)
+    _book: Any = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        # Each process loads its own model; worker processes do not print.
-        state.update(_runner=None, _stack=None, say=None)
+        # Each process loads its own model (and opens its own state databases); worker
+        # processes do not print.
+        state.update(_runner=None, _stack=None, _book=None, say=None)
         return state
 
     def load(self) -> None:
         self.open_runner()
+
+    def close(self) -> None:
+        super().close()
+        if self._book is not None:
+            self._book.close()
+        self._book = None
 
     def model_key(self) -> str:
         return model_key(self.bundle)
@@ -81,10 +92,43 @@ class TagJob(ModelJob):
         names = [PREDICTIONS_SUFFIX, ".tag"] + ([".timeline.png"] if self.plot else [])
         return [stem.with_name(stem.name + s) for s in names]
 
+    def _claim(self, path: Path) -> None:
+        """Refuse to replace another video's results: an earlier run into the same folder
+        wrote them for a video of the same stem (a.mp4 and a.mkv beside each other, or two
+        folders' clip001.mp4 tagged into one -o). Then claim the names for this video."""
+        if self._book is None:
+            self._book = StateBook()
+        db = self._book.db(self.output_dir(path))
+        me = Path(os.path.abspath(path))
+        outputs = self.output_paths(path)
+        for o in outputs:
+            owner = db.claimed_by(o) if os.path.lexists(o) else None
+            if owner is not None and owner != me:
+                raise MilesDeepError(f"{o} holds the results of {owner} from an earlier run "
+                                     "(same name); give another -o folder, or remove that file",
+                                     path)
+        db.claim(path, outputs)
+
+    def _drop_stale_plot(self, path: Path) -> list[str]:
+        """Without --plot, this video's own timeline from an earlier run (recorded for it
+        and unchanged since) would show scores this run replaced: it is removed."""
+        from milesdeep.jobs import output_stem
+
+        if self.plot or self._book is None:
+            return []
+        stem = output_stem(Path(path), self.out_dir)
+        png = Path(os.path.abspath(stem.with_name(stem.name + ".timeline.png")))
+        if not self._book.db(self.output_dir(path)).recorded_for(path).get(png, False):
+            return []
+        png.unlink()
+        return [f"removed the earlier run's {png.name}: it showed the scores this run "
+                "replaced (--plot makes a new one)"]
+
     def process(self, path: Path, prefetched: Any, progress: Progress | None) -> FileWork:
         from milesdeep.jobs import tag_video
 
         self.load()
+        self._claim(path)
         result = tag_video(path, self.bundle, self._runner, options=self.run_options,
                            params=self.params, out_dir=self.out_dir, plot=self.plot,
                            progress=progress)
@@ -92,5 +136,6 @@ class TagJob(ModelJob):
         # Where the file's pictures end, whatever the sampling decoded of them.
         warnings = decode_warnings(t.decode_errors, t.extra.get("decoded_end"),
                                    result.predictions.duration)
+        warnings += self._drop_stale_plot(path)
         return FileWork(list(result.outputs), float(result.predictions.duration), warnings,
                         result)
