@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from milesdeep.batch.job import FileWork, ModelJob, Progress
-from milesdeep.batch.state import StateBook
+from milesdeep.batch.state import STATE_NAME, StateBook
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.planner import PlanParams
@@ -92,33 +93,49 @@ class TagJob(ModelJob):
         names = [PREDICTIONS_SUFFIX, ".tag"] + ([".timeline.png"] if self.plot else [])
         return [stem.with_name(stem.name + s) for s in names]
 
-    def _claim(self, path: Path) -> None:
-        """Refuse to replace another video's results: an earlier run into the same folder
-        wrote them for a video of the same stem (a.mp4 and a.mkv beside each other, or two
-        folders' clip001.mp4 tagged into one -o). Then claim the names for this video."""
+    def _db(self, path: Path):  # noqa: ANN202  (StateDB)
         if self._book is None:
             self._book = StateBook()
-        db = self._book.db(self.output_dir(path))
+        return self._book.db(self.output_dir(path))
+
+    def _check_names(self, path: Path) -> None:
+        """Refuse to replace another video's results: an earlier run into the same folder
+        wrote them for a video of the same stem (a.mp4 and a.mkv beside each other, or two
+        folders' clip001.mp4 tagged into one -o). Each run claims the names it wrote."""
         me = Path(os.path.abspath(path))
-        outputs = self.output_paths(path)
-        for o in outputs:
-            owner = db.claimed_by(o) if os.path.lexists(o) else None
-            if owner is not None and owner != me:
-                raise MilesDeepError(f"{o} holds the results of {owner} from an earlier run "
-                                     "(same name); give another -o folder, or remove that file",
-                                     path)
-        db.claim(path, outputs)
+        try:
+            db = self._db(path)
+            for o in self.output_paths(path):
+                owner = db.claimed_by(o) if os.path.lexists(o) else None
+                if owner is not None and owner != me:
+                    raise MilesDeepError(f"{o} holds the results of {owner} from an earlier "
+                                         "run (same name); give another -o folder, or remove "
+                                         "that file", path)
+        except MilesDeepError as e:
+            if e.path is not None and e.path.name.startswith(STATE_NAME):
+                raise MilesDeepError(str(e), path) from None  # name the video, as edit does
+            raise
+
+    def _claim(self, path: Path, outputs: list[Path]) -> None:
+        """Claimed once written (tag replaces its names whatever holds them, so a claim is
+        only what a later run of another video checks); a database that cannot be written
+        is reported by the record that follows, as "outputs written, but ..."."""
+        with contextlib.suppress(MilesDeepError):
+            self._db(path).claim(path, outputs)
 
     def _drop_stale_plot(self, path: Path) -> list[str]:
         """Without --plot, this video's own timeline from an earlier run (recorded for it
         and unchanged since) would show scores this run replaced: it is removed."""
         from milesdeep.jobs import output_stem
 
-        if self.plot or self._book is None:
+        if self.plot:
             return []
         stem = output_stem(Path(path), self.out_dir)
         png = Path(os.path.abspath(stem.with_name(stem.name + ".timeline.png")))
-        if not self._book.db(self.output_dir(path)).recorded_for(path).get(png, False):
+        try:
+            if not self._db(path).recorded_for(path).get(png, False):
+                return []
+        except MilesDeepError:  # reported by the record that follows
             return []
         png.unlink()
         return [f"removed the earlier run's {png.name}: it showed the scores this run "
@@ -128,7 +145,7 @@ class TagJob(ModelJob):
         from milesdeep.jobs import tag_video
 
         self.load()
-        self._claim(path)
+        self._check_names(path)
         result = tag_video(path, self.bundle, self._runner, options=self.run_options,
                            params=self.params, out_dir=self.out_dir, plot=self.plot,
                            progress=progress)
@@ -136,6 +153,7 @@ class TagJob(ModelJob):
         # Where the file's pictures end, whatever the sampling decoded of them.
         warnings = decode_warnings(t.decode_errors, t.extra.get("decoded_end"),
                                    result.predictions.duration)
+        self._claim(path, list(result.outputs))
         warnings += self._drop_stale_plot(path)
         return FileWork(list(result.outputs), float(result.predictions.duration), warnings,
                         result)
