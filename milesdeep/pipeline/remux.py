@@ -482,8 +482,9 @@ def plan_edit(index: MediaIndex, ranges: Sequence[TimeRange], precise: bool = Fa
         spans = _keyframe_spans(index, ranges, merge, notes)
         if len(spans) > 1 and _open_gop(index):
             notes.append("the keyframes are not IDR pictures (an open-GOP H.264 stream): "
-                         "FFmpeg-based players drop pictures of the ranges after the first; "
-                         "-c writes each range as a file of its own, which plays whole")
+                         "at each join FFmpeg-based players lose pictures and show the "
+                         "last ones before it out of order; -c writes each range as a file "
+                         "of its own, which plays whole")
     if not spans:  # ranges before the first picture: an empty file is no output
         raise MilesDeepError("the kept time holds no picture of the video", index.path)
     out_start, outs = 0, []
