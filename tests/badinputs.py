@@ -98,6 +98,15 @@ def audio_only(d: Path) -> Path:
     return path
 
 
+def still_image(d: Path) -> Path:
+    """A PNG under a video's name (FFmpeg reads it as a one-picture "video")."""
+    from PIL import Image
+
+    path = d / "still.mp4"
+    Image.fromarray(solid(COLOURS["red"], 48, 64)).save(path, format="PNG")
+    return path
+
+
 def _with_cover(path: Path, video: Callable[[Path], Path] | None) -> Path:
     """Audio (and `video`'s video, if given) with a cover picture: an MJPEG stream marked as
     an attached picture, one packet, as music files and some downloads carry one."""
@@ -235,6 +244,7 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "truncated-mkv": truncated_mkv,
     "corrupt-middle": corrupt_middle,
     "audio-only": audio_only,
+    "still-image": still_image,
     "audio-with-cover": audio_with_cover,
     "video-with-cover": video_with_cover,
     "short": short,

@@ -55,6 +55,7 @@ EXPECT: dict[str, Err | Ok] = {
     "corrupt-middle": Ok(("red",) * 3 + ("*",) * 3 + ("green",) * 3, "damaged packet",
                          ("exact",)),
     "audio-only": Err("has no video stream"),
+    "still-image": Err("is a still image, not a video"),  # was tagged as a 1 s video
     "audio-with-cover": Err("has no video stream (audio only, or only a cover picture?)"),
     "video-with-cover": Ok(P),
     "short": Ok(("blue",)),

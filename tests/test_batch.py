@@ -21,6 +21,7 @@ from milesdeep.batch.runner import remove_stale_temporaries
 from milesdeep.batch.state import FileKey
 from milesdeep.batch.tag_job import TagJob
 from milesdeep.cli.app import run_app
+from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import load_bundle
 from milesdeep.pipeline.atomic import atomic_path
 from milesdeep.pipeline.tagfile import read_tag
@@ -109,6 +110,11 @@ def test_expand_inputs_walks_folders_lists_and_dedupes(
     assert expand_inputs(from_list=nul) == [odd, good[2]]
     # A file named outright is kept even if missing, so that the run reports it.
     assert expand_inputs([tmp_path / "missing.mp4"]) == [tmp_path / "missing.mp4"]
+    # A video given as the list split at its NUL bytes into junk, "." and "/" among it,
+    # and the run walked the whole disk: a list holding binary data is refused.
+    with pytest.raises(MilesDeepError, match="is not a list of paths") as e:
+        expand_inputs(from_list=good[0])
+    assert e.value.path == good[0]
 
 
 def test_state_db_keys_on_size_mtime_model_options_and_outputs(tmp_path: Path) -> None:

@@ -182,3 +182,93 @@ def test_cli_models_lists_builtin_and_cached(tmp_path: Path, monkeypatch: pytest
     (broken / "model.onnx").write_bytes(b"garbage")  # was listed as a usable model
     assert run_app(["models"]) == 0
     assert f"{'cd' * 6}  (cached, unreadable: " in capsys.readouterr().out
+
+
+def test_labels_files_not_utf8_or_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Latin-1 labels were a UnicodeDecodeError traceback; a BOM (Notepad) became part of
+    the first label, so `-t a` named an unknown label that looked the same."""
+    d = make_bundle(tmp_path / "b")
+    (d / "labels.txt").write_bytes("\ufeffa\nb\nother\n".encode())
+    assert load_bundle(d).labels == ("a", "b", "other")
+    (d / "labels.txt").write_bytes(b"r\xe9d\nb\nother\n")
+    with pytest.raises(MilesDeepError, match="labels file is not UTF-8 text") as e:
+        load_bundle(d)
+    assert e.value.path == d / "labels.txt"
+
+
+def _with_last_node(d: Path, op: str) -> Path:
+    """The tiny model with its Softmax replaced by `op` (on the logits)."""
+    model = onnx.load(str(d / "model.onnx"))
+    model.graph.node[-1].op_type = op
+    del model.graph.node[-1].attribute[:]
+    onnx.save(model, str(d / "model.onnx"))
+    return d
+
+
+def test_scores_a_model_gives_are_checked(tmp_path: Path) -> None:
+    """A model giving NaN, or logits declared as probabilities, wrote a predictions file
+    that `tag --from-predictions` then refused: it fails naming the model, with the fix."""
+    from milesdeep.pipeline.infer import OrtClassifier
+
+    x = np.ones((2, 3, 8, 6), np.float32)
+    logits = _with_last_node(make_bundle(tmp_path / "logits"), "Identity")
+    with pytest.raises(MilesDeepError, match=r'outside 0-1.*kind = "logits"'):
+        OrtClassifier(load_bundle(logits)).infer(x * 50)
+    edit_manifest(logits, 'kind = "probabilities"', 'kind = "logits"')
+    assert np.allclose(OrtClassifier(load_bundle(logits)).infer(x * 50).sum(axis=1), 1)
+    nan = _with_last_node(make_bundle(tmp_path / "nan"), "Log")  # log of negative logits
+    with pytest.raises(MilesDeepError, match="NaN or infinite scores") as e:
+        OrtClassifier(load_bundle(nan)).infer(np.concatenate([x, -x]) * 50)
+    assert e.value.path == nan
+
+
+def test_models_whose_output_is_not_scores_are_refused(tmp_path: Path) -> None:
+    """One label with logits: softmax made every second that label. An integer output (an
+    ArgMax) was taken as scores."""
+    one = make_bundle(tmp_path / "one", labels=("red",), n_out=1)
+    edit_manifest(one, 'kind = "probabilities"', 'kind = "logits"')
+    with pytest.raises(MilesDeepError, match="needs two labels or more"):
+        load_bundle(one)
+    arg = make_bundle(tmp_path / "arg")
+    model = onnx.load(str(arg / "model.onnx"))
+    model.graph.node[-1].CopyFrom(helper.make_node("ArgMax", ["l"], ["y"], axis=1))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.INT64,
+                                                                 ["N", 1]))
+    onnx.save(model, str(arg / "model.onnx"))
+    with pytest.raises(MilesDeepError, match="the model's output is int64, not scores"):
+        load_bundle(arg)
+
+
+def test_a_model_failing_at_inference_is_one_line_naming_it(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A model that only runs at batch 1 (a fixed Reshape) was an "internal error; this is a
+    bug" line, after ONNX Runtime's own log on stderr."""
+    from milesdeep.pipeline.infer import OrtClassifier
+
+    d = make_bundle(tmp_path / "b")
+    model = onnx.load(str(d / "model.onnx"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 3], np.int64), "s1"))
+    model.graph.node[-1].output[0] = "y0"
+    model.graph.node.append(helper.make_node("Reshape", ["y0", "s1"], ["y"]))
+    onnx.save(model, str(d / "model.onnx"))
+    clf = OrtClassifier(load_bundle(d))
+    assert clf.infer(np.ones((1, 3, 8, 6), np.float32)).shape == (1, 3)
+    with pytest.raises(MilesDeepError, match="the model failed on a batch of 2 image") as e:
+        clf.infer(np.ones((2, 3, 8, 6), np.float32))
+    assert e.value.path == d / "model.onnx" and "\n" not in str(e.value)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_labels_mismatch_found_at_run_time_names_the_bundle(tmp_path: Path) -> None:
+    """An output of symbolic width passes the load check; the mismatch found on the first
+    batch named no file."""
+    from milesdeep.pipeline.infer import OrtClassifier
+
+    d = make_bundle(tmp_path / "b")
+    model = onnx.load(str(d / "model.onnx"))
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "C"
+    onnx.save(model, str(d / "model.onnx"))
+    (d / "labels.txt").write_text("a\nb\nother\nd\n")
+    with pytest.raises(MilesDeepError, match="3 scores per image but there are 4") as e:
+        OrtClassifier(load_bundle(d)).infer(np.ones((1, 3, 8, 6), np.float32))
+    assert e.value.path == d

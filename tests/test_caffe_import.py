@@ -577,3 +577,14 @@ def test_ave_pooling_follows_caffes_divisor(tmp_path: Path, h: int, w: int, k: i
     want = caffe_ave_pool(x.astype(np.float64), k, s, p)
     assert ours.shape == want.shape
     assert np.abs(ours - want).max() < 1e-6
+
+
+def test_an_empty_mean_file_is_one_line(tmp_path: Path) -> None:
+    """A 0-byte mean.binaryproto (or a blob of num 0) was an IndexError traceback."""
+    from milesdeep.models.caffe.reader import read_mean
+
+    empty = tmp_path / "mean.binaryproto"
+    empty.write_bytes(b"")
+    with pytest.raises(MilesDeepError, match="the mean image has shape") as e:
+        read_mean(empty)
+    assert e.value.path == empty

@@ -4,6 +4,7 @@ recursively for video files, and `--from-list` files (one path a line)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,7 +46,18 @@ def read_list(list_file: Path) -> list[Path]:
         items = data.split(b"\0")
     else:
         items = [line.rstrip(b"\r") for line in data.split(b"\n")]
-    return [Path(os.fsdecode(item)) for item in items if item.strip()]
+    items = [item for item in items if item.strip()]
+    # A video (or any binary file) given as the list by mistake splits into junk "paths",
+    # "." and "/" among them, and the run would walk the whole disk: names in a list hold no
+    # control characters but tab and (NUL-separated) line breaks.
+    if any(_CONTROL.search(item) for item in items):
+        raise MilesDeepError("is not a list of paths (it holds binary data); give a text file "
+                             "with one path a line, or NUL-separated as find -print0 writes",
+                             list_file)
+    return [Path(os.fsdecode(item)) for item in items]
+
+
+_CONTROL = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def expand_inputs(paths: Iterable[Path] = (), from_list: Path | Sequence[Path] | None = None

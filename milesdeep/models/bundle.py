@@ -200,9 +200,13 @@ def parse_input_spec(table: dict[str, Any], where: Path) -> InputSpec:
 
 def read_labels(path: Path) -> tuple[str, ...]:
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not part of a label.
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise MilesDeepError(f"cannot read labels file ({e.strerror})", path) from None
+    except UnicodeDecodeError:
+        raise MilesDeepError("labels file is not UTF-8 text: save it as UTF-8, one label a "
+                             "line", path) from None
     labels = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not labels:
         raise MilesDeepError("labels file is empty: write one label a line", path)
@@ -252,6 +256,14 @@ def check_onnx_io(onnx_path: Path, spec: InputSpec, n_labels: int, where: Path) 
                 f"{list(want)} (axis {axis}); fix input.size or input.layout in {MANIFEST}",
                 where,
             )
+    if model.graph.output:
+        out_elem = model.graph.output[0].type.tensor_type.elem_type
+        if out_elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                            onnx.TensorProto.DOUBLE):
+            kind = onnx.TensorProto.DataType.Name(out_elem).lower()
+            raise MilesDeepError(f"the model's output is {kind}, not scores; export it with "
+                                 "the float scores (one per label) as its first output",
+                                 onnx_path)
     # Scores per image: everything after the batch axis ((N, C) or a conv head's (N, C, 1, 1)).
     per_image = dims(model.graph.output[0])[1:] if model.graph.output else []
     if per_image and None not in per_image and math.prod(per_image) != n_labels:  # type: ignore[arg-type]
@@ -285,6 +297,10 @@ def load_bundle(directory: str | Path, check: bool = True) -> ModelBundle:
         bad = ", ".join(sorted(set(out) - {"kind"})) if isinstance(out, dict) else "output"
         raise MilesDeepError(f"unknown key(s) in [output]: {bad} (only kind is read)", manifest)
     kind = _choice(out, "kind", ("probabilities", "logits"), "probabilities", manifest, "output.")
+    if kind == "logits" and len(labels) == 1:
+        # Softmax over one score is 1 for every picture: every second would be that label.
+        raise MilesDeepError("kind = \"logits\" needs two labels or more (the softmax of one "
+                             "score is always 1); give each class its own score", manifest)
     other = data.get("other_label")
     if other is not None and other not in labels:
         raise MilesDeepError(

@@ -125,6 +125,11 @@ def open_video(path: Path, probed: bool = False):  # -> av.container.InputContai
         container.close()
         raise MilesDeepError("has no video stream (audio only, or only a cover picture?)",
                              path)
+    # FFmpeg reads a PNG or JPEG as a one-picture "video" (its image demuxers): it has no
+    # seconds to classify or cut.
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+        container.close()
+        raise MilesDeepError("is a still image, not a video", path)
     return container
 
 

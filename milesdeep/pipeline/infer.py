@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -49,14 +50,17 @@ class OrtClassifier:
         # Idle ORT workers spin by default, burning the cores FFmpeg's threads need between
         # batches (measured on 2 busy cores: 7 images/s spinning, 19 without).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
+        # Fatal only: a model that fails is reported as one line (`_run`), not ORT's log too.
+        opts.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(
                 str(bundle.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # ORT raises its own exception types for a bad model
-            raise MilesDeepError(f"ONNX Runtime cannot load the model: {e}",
+            raise MilesDeepError(f"ONNX Runtime cannot load the model: {one_line(e)}",
                                  bundle.onnx_path) from None
+        self.onnx_path = bundle.onnx_path
+        self.where = bundle.directory if bundle.directory is not None else bundle.onnx_path
         self.labels = bundle.labels
         self.logits = bundle.output_kind == "logits"
         self.input_name = self.session.get_inputs()[0].name
@@ -69,7 +73,11 @@ class OrtClassifier:
         self.fixed_batch = b0 if isinstance(b0, int) and b0 > 0 else None
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
+        try:
+            (out,) = self.session.run([self.output_name], {self.input_name: x})
+        except Exception as e:  # the user's model failed (ORT's own exception types)
+            raise MilesDeepError(f"the model failed on a batch of {len(x)} image(s): "
+                                 f"{one_line(e)}", self.onnx_path) from None
         return np.asarray(out, dtype=np.float32).reshape(len(x), -1)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -83,6 +91,22 @@ class OrtClassifier:
         if out.shape[1] != len(self.labels):
             raise MilesDeepError(
                 f"the model gives {out.shape[1]} scores per image but there are "
-                f"{len(self.labels)} labels; fix the labels file"
-            )
-        return softmax(out) if self.logits else out
+                f"{len(self.labels)} labels; fix the labels file", self.where)
+        return check_scores(softmax(out) if self.logits else out, self.logits, self.where)
+
+
+def check_scores(scores: np.ndarray, logits: bool, where: Path | None) -> np.ndarray:
+    """Scores the planner and the predictions file can take: finite, and (for a model said to
+    give probabilities) within 0-1. Written unchecked, they made a CSV `tag` itself refuses."""
+    if not np.isfinite(scores).all():
+        raise MilesDeepError("the model gave NaN or infinite scores; check the model and "
+                             "its input.mean/input.scale", where)
+    if not logits and ((scores < -1e-3).any() or (scores > 1 + 1e-3).any()):
+        raise MilesDeepError("the model's scores are outside 0-1, so they are not "
+                             "probabilities: if it gives logits, set kind = \"logits\" under "
+                             "[output] in model.toml", where)
+    return scores
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

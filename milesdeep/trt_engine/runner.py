@@ -34,7 +34,7 @@ import numpy as np
 
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
-from milesdeep.pipeline.infer import softmax
+from milesdeep.pipeline.infer import check_scores, softmax
 from milesdeep.trt_engine.cache import find_engines, rebuild_command
 from milesdeep.trt_engine.compat import split_batches
 from milesdeep.trt_engine.cuda_context import GpuContext
@@ -133,7 +133,8 @@ class InFlight:
         if self._done is None:
             self._slot.event.synchronize()
             out = np.array(self._slot.host[: self._n], dtype=np.float32)
-            self._done = softmax(out) if self._owner.logits else out
+            scores = softmax(out) if self._owner.logits else out
+            self._done = check_scores(scores, self._owner.logits, self._owner.where)
         return self._done
 
 
@@ -148,6 +149,7 @@ class TrtClassifier:
         self.trt, self.cupy, self.gpu = trt, cupy, gpu
         self.labels = bundle.labels
         self.logits = bundle.output_kind == "logits"
+        self.where = bundle.directory if bundle.directory is not None else bundle.onnx_path
         self.sidecar = sidecar or load_sidecar(Path(engine_path))
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

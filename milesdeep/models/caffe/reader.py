@@ -127,7 +127,7 @@ def read_mean(path: Path, channels: int = 3) -> tuple[float, ...]:
         arr = blob_array(blob)
     except (DecodeError, ValueError):
         raise MilesDeepError("not a Caffe mean file (binary BlobProto)", path) from None
-    if arr.ndim == 4:
+    if arr.ndim == 4 and arr.shape[0] > 0:
         arr = arr[0]
     if arr.ndim != 3 or arr.shape[0] != channels or arr.size == 0:
         raise MilesDeepError(
