@@ -120,6 +120,27 @@ def test_build_engine_rejects_an_unknown_precision() -> None:
     assert "--precision 'fp8' is not one of: fp32, fp16, int8" in p.stderr
 
 
+def test_build_engine_refuses_bad_options_and_outputs_before_looking_for_a_gpu(
+        tmp_path: Path) -> None:
+    """Each was hidden behind "needs a GPU" until the user reached a GPU machine; a video
+    given as -o would then have been replaced by the engine."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not an engine")
+    cases = [(["--precision", "int8"], 2, "--precision int8 needs --calibration"),
+             (["--calibration", str(tmp_path)], 2, "--calibration is only used with"),
+             (["--precision", "int8", "--calibration", str(tmp_path)], 1,
+              "no model.int8.onnx in the calibration directory"),
+             (["--model", str(tmp_path / "nope")], 1, "nope"),
+             (["-o", str(video)], 1, "exists and is not an engine file"),
+             (["-o", str(tmp_path)], 1, "is a folder; give the engine file's path")]
+    for args, rc, says in cases:
+        p = run_cli("build-engine", *args)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == rc and len(lines) == 1 and says in lines[0], (args, p.stderr)
+        assert "needs a GPU" not in p.stderr
+    assert video.read_bytes() == b"not an engine"
+
+
 def test_resolve_backend_on_this_machine(tmp_path: Path) -> None:
     from milesdeep.models.bundle import load_bundle
     from milesdeep.pipeline.backend import resolve_backend

@@ -35,15 +35,19 @@ def build_engine_cmd(
 ) -> None:
     """Build a TensorRT engine for the model on this GPU (kept in the engine cache)."""
     from milesdeep.pipeline.backend import missing_line, probe_gpu
+    from milesdeep.trt_engine.build import check_request
     from milesdeep.trt_engine.sidecar import PRECISIONS
 
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    # Options, -o and the model first: what is wrong with them is wrong on any machine, and
+    # was hidden behind "needs a GPU" until the user reached one.
+    check_request(precision, calibration, output)
+    bundle = o.resolve_model_options(model, prototxt, weights, mean, labels)
     probe = probe_gpu()
     if not probe.usable:
         raise MilesDeepError(f"build-engine needs a GPU with TensorRT: {missing_line(probe)}")
     assert probe.gpu is not None
-    bundle = o.resolve_model_options(model, prototxt, weights, mean, labels)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

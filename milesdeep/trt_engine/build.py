@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from milesdeep.errors import MilesDeepError
+from milesdeep.errors import MilesDeepError, UsageError
 from milesdeep.models.bundle import ModelBundle, file_sha256
 from milesdeep.pipeline.atomic import atomic_path
 from milesdeep.trt_engine.cache import engine_dir, engine_path, timing_cache_path
@@ -56,22 +56,42 @@ class BuildRequest:
     workspace_bytes: int = 4 << 30
 
 
-def onnx_for_precision(bundle: ModelBundle, precision: str, calibration: Path | None,
-                       scratch_dir: Path | None = None) -> Path:
-    """The ONNX file whose types give the engine its precision."""
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def check_request(precision: str, calibration: Path | None, output: Path | None = None
+                  ) -> Path | None:
+    """What can be refused without a GPU, so that it is refused on any machine: the
+    precision and --calibration (the INT8 model's path for int8, else None), and an -o that
+    is a folder or a file other than an engine (a video given as -o would be replaced)."""
     if precision not in PRECISIONS:
-        raise MilesDeepError(f"unknown precision {precision!r}: use fp32, fp16 or int8")
+        raise UsageError(f"unknown precision {precision!r}: use fp32, fp16 or int8")
+    if output is not None:
+        if output.is_dir():
+            raise MilesDeepError("is a folder; give the engine file's path", output)
+        if output.exists() and output.suffix.lower() not in ENGINE_SUFFIXES:
+            raise MilesDeepError("exists and is not an engine file; give a new path, or one "
+                                 f"ending in {ENGINE_SUFFIXES[0]}", output)
     if precision == "int8":
         if calibration is None:
-            raise MilesDeepError("--precision int8 needs --calibration DIR holding "
-                                 f"{INT8_ONNX} (a Q/DQ model made from calibration frames)")
+            raise UsageError("--precision int8 needs --calibration DIR holding "
+                             f"{INT8_ONNX} (a Q/DQ model made from calibration frames)")
         path = Path(calibration) / INT8_ONNX
         if not path.is_file():
             raise MilesDeepError(f"no {INT8_ONNX} in the calibration directory; make it with "
                                  "the calibration command first", calibration)
         return path
     if calibration is not None:
-        raise MilesDeepError("--calibration is only used with --precision int8")
+        raise UsageError("--calibration is only used with --precision int8")
+    return None
+
+
+def onnx_for_precision(bundle: ModelBundle, precision: str, calibration: Path | None,
+                       scratch_dir: Path | None = None) -> Path:
+    """The ONNX file whose types give the engine its precision."""
+    int8 = check_request(precision, calibration)
+    if int8 is not None:
+        return int8
     if precision == "fp32":
         return bundle.onnx_path
     from milesdeep.calibration.variants import fp16_variant
@@ -98,6 +118,7 @@ def build_engine(req: BuildRequest, gpu_name: str, compute_capability: tuple[int
     """Build, write and describe an engine. Needs TensorRT and a GPU (callers check first)."""
     from milesdeep.trt_engine.runner import import_tensorrt
 
+    check_request(req.precision, req.calibration, req.output)
     trt = import_tensorrt()
     bundle = req.bundle
     directory = engine_dir()
