@@ -730,3 +730,71 @@ def test_a_precise_range_inside_one_picture_keeps_that_picture(tmp_path: Path) -
     assert result.plans[0].reports()[0].actual == TimeRange(F(3), F(6))
     with av.open(str(result.outputs[0])) as c:
         assert [f.pts * f.time_base for f in c.decode(video=0)] == [0]
+
+
+def test_a_precise_matroska_cut_of_a_b_frame_stream_reads_back_with_its_reordering(
+        tmp_path: Path) -> None:
+    """libx264's re-encoded start declared no reordering; FFmpeg takes the stream's from that
+    first SPS, so in Matroska (no stored decode times) the copied B-frame pictures after it
+    read back with missing and backward decode times, and remuxing the cut into MP4 failed.
+    The re-encoded SPS now declares the source's reordering."""
+    from milesdeep.pipeline import smartcut
+    from tests.testdata import encode_frames, solid
+
+    frames = [solid((5 * k % 256, 90, 60), 48, 64) for k in range(100)]
+    src = encode_frames(tmp_path / "b.mkv", frames, [40 * k for k in range(100)], gop=25,
+                        options={"bf": "2"})
+    index = remux.index_media(src)
+    result = remux.cut_video(index, [TimeRange(F(13, 25), F(3))], tmp_path / "out",
+                             precise=True)
+    assert result.plans[0].precise
+    with av.open(str(result.outputs[0])) as c:
+        vs = c.streams.video[0]
+        assert vs.codec_context.has_b_frames
+        packets = [(p.pts, p.dts) for p in c.demux(vs) if p.size]
+    with av.open(str(result.outputs[0])) as c:
+        decoded = sum(1 for _ in c.decode(video=0))
+    dts = [d for _, d in packets]
+    assert None not in dts[2:] and dts[2:] == sorted(set(dts[2:]))
+    assert decoded == len(packets) == round((F(3) - F(13, 25)) * 25)
+    # The remux that failed: every packet muxes into MP4.
+    with av.open(str(result.outputs[0])) as c, av.open(str(tmp_path / "again.mp4"), "w") as o:
+        vin = c.streams.video[0]
+        vout = o.add_stream_from_template(vin)
+        for p in c.demux(vin):
+            if p.dts is not None:
+                p.stream = vout
+                o.mux(p)
+    with av.open(str(src)) as c:
+        assert smartcut.source_reorder(smartcut.parse_avcc(c.streams.video[0].codec_context
+                                                           .extradata)) == 2
+
+
+def test_declaring_reordering_changes_nothing_else_in_the_sps() -> None:
+    """libx264's SPS (no B-frames; with interlacing, scaling matrices, HRD, SAR): only
+    max_num_reorder_frames (and a buffer that holds them) differ, every bit before them is
+    the same, and emulation prevention survives the round trip."""
+    import numpy as np
+
+    from milesdeep.pipeline import smartcut, sps
+
+    for params in ("", "tff=1", "cqm=jvt", "nal-hrd=vbr:vbv-maxrate=900:vbv-bufsize=1800",
+                   "sar=16/11"):
+        enc = av.CodecContext.create("libx264", "w")
+        enc.width, enc.height, enc.pix_fmt = 64, 48, "yuv420p"
+        enc.time_base, enc.max_b_frames = F(1, 25), 0
+        enc.options = {"crf": "16", **({"x264-params": params} if params else {})}
+        f = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+        f = f.reformat(format="yuv420p")
+        f.pts = 0
+        first = bytes([*enc.encode(f), *enc.encode(None)][0])
+        nal = next(n for n in smartcut.split_annexb(first) if n[0] & 0x1F == 7)
+        old, new = sps.restriction(nal), sps.restriction(sps.with_reorder(nal, 2))
+        assert old is not None and new is not None and old.fields and new.fields
+        assert old.fields[5] == 0 and new.fields[5] == 2 and new.fields[6] >= 2
+        assert old.fields[:5] == new.fields[:5] and old.flag_at == new.flag_at
+        bits = [sps._Bits(sps.unescape(n[1:])).bits[:old.flag_at]
+                for n in (nal, sps.with_reorder(nal, 2))]
+        assert bits[0] == bits[1], params
+        assert sps.escape(sps.unescape(nal[1:])) == nal[1:]
+        assert sps.with_reorder(sps.with_reorder(nal, 2), 2) == sps.with_reorder(nal, 2)

@@ -16,6 +16,9 @@ parameter sets right:
   keyframe that follows gets the original SPS/PPS (from the extradata) prepended in-band.
   FFmpeg's decoder switches parameter sets in-band; a player that only reads `avcC` once
   (some hardware decoders) may not, which is the price of not re-encoding whole GOPs.
+- libx264's SPS for a run without B-frames says the decoder reorders nothing; FFmpeg takes the
+  stream's reorder depth from the first SPS it meets, so that SPS is made to declare the
+  source's (`milesdeep.pipeline.sps`), or Matroska cuts read back with wrong decode times.
 - The re-encoded frames have no B-frames and start with an IDR frame; every copied GOP starts
   at an IDR keyframe (closed GOP), so nothing references across a splice. Streams with open
   GOPs (non-IDR keyframes whose leading pictures reference the previous GOP) can show damage
@@ -34,6 +37,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from milesdeep.pipeline import sps
 from milesdeep.pipeline.decode import seek_steps, seek_to
 
 ENCODERS = {"h264": "libx264"}
@@ -113,6 +117,32 @@ def split_annexb(data: bytes) -> list[bytes]:
     return [n for n in nals if n]
 
 
+def source_reorder(avcc: AvcConfig | None) -> int:
+    """How many pictures the source's SPS says its decoder reorders (0 if it does not say)."""
+    for nal in avcc.parameter_sets if avcc is not None else ():
+        if nal[0] & 0x1F == 7:
+            try:
+                found = sps.restriction(nal)
+            except ValueError:  # an SPS we cannot read: leave the encoder's as it is
+                return 0
+            return (found.reorder or 0) if found is not None else 0
+    return 0
+
+
+def declare_reorder(annexb: bytes, reorder: int) -> bytes:
+    """The encoder's packet with its in-band SPS declaring the source's reordering
+    (`milesdeep.pipeline.sps`): a cut starting with re-encoded pictures otherwise reads, in
+    FFmpeg, as a stream without B-frames, and Matroska's rebuilt decode times go wrong."""
+    nals = split_annexb(annexb)
+    if not any(n[0] & 0x1F == 7 for n in nals):
+        return annexb
+    try:
+        nals = [sps.with_reorder(n, reorder) if n[0] & 0x1F == 7 else n for n in nals]
+    except ValueError:  # an SPS we cannot read: FFmpeg's guess is no worse than before
+        return annexb
+    return b"".join(b"\x00\x00\x00\x01" + n for n in nals)
+
+
 def reencode_support(stream: av.video.stream.VideoStream) -> str | None:
     """None if `stream` can be smart-cut here, else a reason to fall back to keyframe cuts."""
     cc = stream.codec_context
@@ -152,6 +182,7 @@ class SegmentEncoder:
         self.codec = ENCODERS[cc.name]
         self.avcc = parse_avcc(cc.extradata)
         self.time_base: Fraction = self._stream.time_base
+        self.reorder = source_reorder(self.avcc)
 
     def close(self) -> None:
         self._reader.close()
@@ -218,6 +249,8 @@ class SegmentEncoder:
                 frame.time_base = self.time_base
             for packet in enc.encode(frame):
                 data = bytes(packet)
+                if self.reorder:
+                    data = declare_reorder(data, self.reorder)
                 if self.avcc is not None:
                     data = self.avcc.frame(data)
                 out.append(EncodedPacket(data, packet.pts, packet.is_keyframe))
