@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from milesdeep.batch.job import FileWork, ModelJob, Progress, readahead
-from milesdeep.batch.state import STATE_NAME, StateBook
 from milesdeep.errors import MilesDeepError, UsageError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.atomic import too_long_name
@@ -127,12 +126,6 @@ class EditJob(ModelJob):
     _stack: Any = field(default=None, repr=False, compare=False)
     _book: Any = field(default=None, repr=False, compare=False)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        # Each process opens its own; worker processes do not print.
-        state.update(_runner=None, _stack=None, _book=None, say=None)
-        return state
-
     # --- model ---------------------------------------------------------------------------
 
     @property
@@ -144,12 +137,6 @@ class EditJob(ModelJob):
             return
         assert self.bundle is not None
         self.open_runner()
-
-    def close(self) -> None:
-        super().close()
-        if self._book is not None:
-            self._book.close()
-        self._book = None
 
     # --- identity ------------------------------------------------------------------------
 
@@ -235,17 +222,12 @@ class EditJob(ModelJob):
         return [(folder, r"\." + head + r"\.[a-z0-9_]{8}\.part" + re.escape(e))
                 for e in remux.candidate_extensions(path)]
 
-    def _db(self, path: Path):  # noqa: ANN202  (StateDB)
-        if self._book is None:
-            self._book = StateBook()
-        return self._book.db(self.output_dir(path))
-
     def _ours(self, path: Path) -> Callable[[Path], bool]:
         """Whether a file at an output name is this video's own, to replace or remove: one a
         finished edit recorded as written for it and unchanged since, or one claimed for it
         that no finished run recorded (what a run killed between writing and recording
         left). Not a file the user has put at a recorded name since."""
-        db = self._db(path)
+        db = self.state_db(path)
         me = Path(os.path.abspath(path))
         recorded = db.recorded_for(path)
 
@@ -258,18 +240,13 @@ class EditJob(ModelJob):
         """Refuse to replace what another program, the user or another video put at an output
         path, unless --overwrite (`_ours`); then claim the paths for this video before
         writing them."""
-        try:
+        with self.naming_video(path):
             if not self.overwrite:
                 ours = self._ours(path)
                 for o in outputs:
                     if os.path.lexists(o) and not ours(o):
                         raise MilesDeepError("output exists; pass --overwrite to replace it", o)
-            self._db(path).claim(path, outputs)
-        except MilesDeepError as e:
-            if e.path is not None and e.path.name.startswith(STATE_NAME):
-                # One line per video failed so: each names its video, not only the database.
-                raise MilesDeepError(str(e), path) from None
-            raise
+            self.state_db(path).claim(path, outputs)
 
     def _pieces_there(self, path: Path) -> dict[int, Path]:
         """The files in `<stem>.cut/` named as this video's pieces, by number."""
@@ -385,7 +362,7 @@ class EditJob(ModelJob):
     def _unclaim_missing(self, path: Path, outputs: list[Path]) -> None:
         """A write that failed or was interrupted gives up its claims on the names it did
         not write: a file the user puts there later is not this video's to replace."""
-        self._db(path).unclaim(path, [o for o in outputs if not os.path.lexists(o)])
+        self.state_db(path).unclaim(path, [o for o in outputs if not os.path.lexists(o)])
 
     def _write(self, path: Path, index: Any, ranges: Any, report: EditReport,
                warnings: list[str], claimed: list[Path]) -> FileWork:

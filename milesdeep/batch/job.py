@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,10 +122,42 @@ class ModelJob(BatchJob):
             self._runner = load_runner(self._stack, self.bundle, self.backend,  # type: ignore[attr-defined]
                                        self.model_arg, self.say, self.threads)  # type: ignore[attr-defined]
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        # Each process loads its own model and opens its own state databases; worker
+        # processes do not print.
+        state.update(_runner=None, _stack=None, _book=None, say=None)
+        return state
+
     def close(self) -> None:
         if self._stack is not None:  # type: ignore[has-type]
             self._stack.close()
         self._runner = self._stack = None
+        if getattr(self, "_book", None) is not None:
+            self._book.close()  # type: ignore[has-type]
+        self._book = None
+
+    def state_db(self, path: Path):  # noqa: ANN201  (StateDB)
+        """The state database of `path`'s output folder, opened once per process."""
+        from milesdeep.batch.state import StateBook
+
+        if getattr(self, "_book", None) is None:
+            self._book = StateBook()
+        return self._book.db(self.output_dir(path))
+
+    @contextlib.contextmanager
+    def naming_video(self, path: Path) -> Iterator[None]:
+        """A state database error inside names the video it failed for (one line per video
+        failed so), not only the database."""
+        from milesdeep.batch.state import STATE_NAME
+        from milesdeep.errors import MilesDeepError
+
+        try:
+            yield
+        except MilesDeepError as e:
+            if e.path is not None and e.path.name.startswith(STATE_NAME):
+                raise MilesDeepError(str(e), path) from None
+            raise
 
     def configure_workers(self, jobs: int) -> None:
         """Share the cores: each worker gets its part for ONNX Runtime and for decoding."""

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from milesdeep.batch.job import FileWork, ModelJob, Progress
-from milesdeep.batch.state import STATE_NAME, StateBook
 from milesdeep.errors import MilesDeepError
 from milesdeep.models.bundle import ModelBundle
 from milesdeep.pipeline.planner import PlanParams
@@ -59,21 +58,8 @@ class TagJob(ModelJob):
     _stack: Any = field(default=None, repr=False, compare=False)
     _book: Any = field(default=None, repr=False, compare=False)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        # Each process loads its own model (and opens its own state databases); worker
-        # processes do not print.
-        state.update(_runner=None, _stack=None, _book=None, say=None)
-        return state
-
     def load(self) -> None:
         self.open_runner()
-
-    def close(self) -> None:
-        super().close()
-        if self._book is not None:
-            self._book.close()
-        self._book = None
 
     def model_key(self) -> str:
         return model_key(self.bundle)
@@ -93,35 +79,26 @@ class TagJob(ModelJob):
         names = [PREDICTIONS_SUFFIX, ".tag"] + ([".timeline.png"] if self.plot else [])
         return [stem.with_name(stem.name + s) for s in names]
 
-    def _db(self, path: Path):  # noqa: ANN202  (StateDB)
-        if self._book is None:
-            self._book = StateBook()
-        return self._book.db(self.output_dir(path))
-
     def _check_names(self, path: Path) -> None:
         """Refuse to replace another video's results: an earlier run into the same folder
         wrote them for a video of the same stem (a.mp4 and a.mkv beside each other, or two
         folders' clip001.mp4 tagged into one -o). Each run claims the names it wrote."""
         me = Path(os.path.abspath(path))
-        try:
-            db = self._db(path)
+        with self.naming_video(path):
+            db = self.state_db(path)
             for o in self.output_paths(path):
                 owner = db.claimed_by(o) if os.path.lexists(o) else None
                 if owner is not None and owner != me:
                     raise MilesDeepError(f"{o} holds the results of {owner} from an earlier "
                                          "run (same name); give another -o folder, or remove "
                                          "that file", path)
-        except MilesDeepError as e:
-            if e.path is not None and e.path.name.startswith(STATE_NAME):
-                raise MilesDeepError(str(e), path) from None  # name the video, as edit does
-            raise
 
     def _claim(self, path: Path, outputs: list[Path]) -> None:
         """Claimed once written (tag replaces its names whatever holds them, so a claim is
         only what a later run of another video checks); a database that cannot be written
         is reported by the record that follows, as "outputs written, but ..."."""
         with contextlib.suppress(MilesDeepError):
-            self._db(path).claim(path, outputs)
+            self.state_db(path).claim(path, outputs)
 
     def _drop_stale_plot(self, path: Path) -> list[str]:
         """Without --plot, this video's own timeline from an earlier run (recorded for it
@@ -133,7 +110,7 @@ class TagJob(ModelJob):
         stem = output_stem(Path(path), self.out_dir)
         png = Path(os.path.abspath(stem.with_name(stem.name + ".timeline.png")))
         try:
-            if not self._db(path).recorded_for(path).get(png, False):
+            if not self.state_db(path).recorded_for(path).get(png, False):
                 return []
         except MilesDeepError:  # reported by the record that follows
             return []
